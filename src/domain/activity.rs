@@ -1,0 +1,272 @@
+//! An activity and its state machine.
+//!
+//! States: STARTED ⇄ PAUSED, either → COMPLETE or DISCARDED (both final).
+//! Every change is appended to `events` with the time it happened (the
+//! client's `at` for offline use, otherwise the server's clock), so elapsed
+//! and moving time are derived from the log, never stored twice.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::point::{MAX_FUTURE_SKEW_MS, PointWindow};
+use super::time::{Millis, deserialize_ms, deserialize_opt_ms, serialize_ms, serialize_opt_ms};
+use super::track::TrackSummary;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActivityState {
+    Started,
+    Paused,
+    Complete,
+    Discarded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActivityType {
+    Run,
+    Ride,
+    Walk,
+    Hike,
+    Ski,
+    Swim,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    Private,
+    #[default]
+    Friends,
+    Public,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub state: ActivityState,
+    #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
+    pub at: Millis,
+}
+
+/// The stored record. Statistics that depend on the clock (elapsed and
+/// moving time) are computed on read from `events`; the track-derived part
+/// is kept in `track` so history pages never rescan points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Activity {
+    pub id: Uuid,
+    pub athlete_id: Uuid,
+    #[serde(rename = "type")]
+    pub activity_type: ActivityType,
+    pub state: ActivityState,
+    pub visibility: Visibility,
+    pub course_id: Option<Uuid>,
+    #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
+    pub started_at: Millis,
+    #[serde(
+        serialize_with = "serialize_opt_ms",
+        deserialize_with = "deserialize_opt_ms"
+    )]
+    pub finished_at: Option<Millis>,
+    pub events: Vec<Event>,
+    #[serde(default)]
+    pub track: TrackSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("cannot go from {from:?} to {to:?}")]
+    Illegal {
+        from: ActivityState,
+        to: ActivityState,
+    },
+    #[error("`at` must not be before the previous state change nor in the future")]
+    BadTime,
+}
+
+/// The outcome of a legal request: either a real change or a retry of the
+/// change that already happened (idempotent for clients that resend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Changed,
+    AlreadyThere,
+}
+
+impl Activity {
+    pub fn start(
+        id: Uuid,
+        athlete_id: Uuid,
+        activity_type: ActivityType,
+        visibility: Visibility,
+        course_id: Option<Uuid>,
+        started_at: Millis,
+    ) -> Activity {
+        Activity {
+            id,
+            athlete_id,
+            activity_type,
+            state: ActivityState::Started,
+            visibility,
+            course_id,
+            started_at,
+            finished_at: None,
+            events: vec![Event {
+                state: ActivityState::Started,
+                at: started_at,
+            }],
+            track: TrackSummary::default(),
+        }
+    }
+
+    /// The one place that knows which state changes are legal.
+    pub fn transition(
+        &mut self,
+        to: ActivityState,
+        at: Millis,
+        now: Millis,
+    ) -> Result<Transition, TransitionError> {
+        use ActivityState::*;
+        if to == self.state {
+            return Ok(Transition::AlreadyThere);
+        }
+        match (self.state, to) {
+            (Started, Paused) | (Paused, Started) => {}
+            (Started | Paused, Complete | Discarded) => {}
+            (from, to) => return Err(TransitionError::Illegal { from, to }),
+        }
+        let last = self.events.last().map_or(self.started_at, |e| e.at);
+        if at < last || at > now + MAX_FUTURE_SKEW_MS {
+            return Err(TransitionError::BadTime);
+        }
+        self.state = to;
+        self.events.push(Event { state: to, at });
+        if matches!(to, Complete | Discarded) {
+            self.finished_at = Some(at);
+        }
+        Ok(Transition::Changed)
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, ActivityState::Started | ActivityState::Paused)
+    }
+
+    pub fn point_window(&self, now: Millis) -> PointWindow {
+        PointWindow {
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            now,
+        }
+    }
+
+    /// Wall time from start to finish (or to `now` while live).
+    pub fn elapsed_ms(&self, now: Millis) -> Millis {
+        (self.finished_at.unwrap_or(now) - self.started_at).max(0)
+    }
+
+    /// The sum of the STARTED stretches of the log, up to `now` while live.
+    pub fn moving_ms(&self, now: Millis) -> Millis {
+        self.moving_ms_between(Millis::MIN, now)
+    }
+
+    /// How much of `[from, to]` the athlete spent in STARTED stretches.
+    /// Used to time splits without counting pauses.
+    pub fn moving_ms_between(&self, from: Millis, to: Millis) -> Millis {
+        let mut total = 0;
+        let mut stretch_start = None;
+        for event in &self.events {
+            match (event.state, stretch_start) {
+                (ActivityState::Started, None) => stretch_start = Some(event.at),
+                (ActivityState::Started, Some(_)) => {}
+                (_, Some(start)) => {
+                    total += overlap(start, event.at, from, to);
+                    stretch_start = None;
+                }
+                (_, None) => {}
+            }
+        }
+        if let Some(start) = stretch_start {
+            total += overlap(start, Millis::MAX, from, to);
+        }
+        total
+    }
+}
+
+fn overlap(a0: Millis, a1: Millis, b0: Millis, b1: Millis) -> Millis {
+    (a1.min(b1) - a0.max(b0)).max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ActivityState::*;
+
+    const MIN: Millis = 60_000;
+
+    fn activity() -> Activity {
+        Activity::start(
+            Uuid::nil(),
+            Uuid::nil(),
+            ActivityType::Run,
+            Visibility::Friends,
+            None,
+            0,
+        )
+    }
+
+    #[test]
+    fn strava_example_moving_and_elapsed_time() {
+        // started 00:00, paused 00:10, resumed 00:15, stopped 00:20
+        let mut a = activity();
+        let now = 30 * MIN;
+        a.transition(Paused, 10 * MIN, now).unwrap();
+        a.transition(Started, 15 * MIN, now).unwrap();
+        a.transition(Complete, 20 * MIN, now).unwrap();
+        assert_eq!(a.moving_ms(now), 15 * MIN);
+        assert_eq!(a.elapsed_ms(now), 20 * MIN);
+        assert_eq!(a.moving_ms_between(5 * MIN, 17 * MIN), 7 * MIN);
+    }
+
+    #[test]
+    fn live_activity_counts_up_to_now() {
+        let mut a = activity();
+        a.transition(Paused, 4 * MIN, 4 * MIN).unwrap();
+        assert_eq!(a.moving_ms(9 * MIN), 4 * MIN);
+        assert_eq!(a.elapsed_ms(9 * MIN), 9 * MIN);
+        a.transition(Started, 9 * MIN, 9 * MIN).unwrap();
+        assert_eq!(a.moving_ms(10 * MIN), 5 * MIN);
+    }
+
+    #[test]
+    fn only_legal_transitions_pass() {
+        let now = 100 * MIN;
+        let mut a = activity();
+        a.transition(Complete, MIN, now).unwrap();
+        for to in [Started, Paused, Discarded] {
+            assert!(matches!(
+                a.transition(to, 2 * MIN, now),
+                Err(TransitionError::Illegal { .. })
+            ));
+        }
+        assert_eq!(
+            a.transition(Complete, 2 * MIN, now),
+            Ok(Transition::AlreadyThere)
+        );
+        assert_eq!(a.events.len(), 2);
+        assert_eq!(a.finished_at, Some(MIN));
+    }
+
+    #[test]
+    fn state_change_times_must_move_forward() {
+        let now = 100 * MIN;
+        let mut a = activity();
+        a.transition(Paused, 10 * MIN, now).unwrap();
+        assert_eq!(
+            a.transition(Started, 5 * MIN, now),
+            Err(TransitionError::BadTime)
+        );
+        assert_eq!(
+            a.transition(Started, now + 10 * MIN, now),
+            Err(TransitionError::BadTime)
+        );
+    }
+}

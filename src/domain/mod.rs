@@ -1,0 +1,13 @@
+//! Pure domain types and rules: no I/O, no clocks read behind your back.
+//!
+//! Everything that comes in over HTTP is parsed into these types once, at the
+//! edge; code behind the edge never re-checks ranges or transitions.
+
+pub mod activity;
+pub mod point;
+pub mod time;
+pub mod track;
+
+pub use activity::{Activity, ActivityState, ActivityType, Event, TransitionError, Visibility};
+pub use point::{Point, PointInput, RejectCode};
+pub use track::{Split, Stats, TrackAccumulator};

@@ -1,0 +1,49 @@
+//! Authentication as an extractor: a handler that takes `AuthUser` can only
+//! run for a caller with a valid bearer token.
+//!
+//! Tokens are random (256 bits), shown once at sign-up, and stored only as
+//! their SHA-256, so a copy of the database does not hold usable tokens.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use super::{ApiContext, ApiError};
+use crate::store::User;
+
+pub struct AuthUser(pub User);
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    let mut token = String::with_capacity(3 + 64);
+    token.push_str("tc_");
+    for b in bytes {
+        token.push_str(&format!("{b:02x}"));
+    }
+    token
+}
+
+impl FromRequestParts<ApiContext> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        let user = ctx
+            .store
+            .users
+            .user_by_token(hash_token(token.trim()))
+            .await?;
+        user.map(AuthUser).ok_or(ApiError::Unauthorized)
+    }
+}

@@ -1,0 +1,89 @@
+//! The HTTP API (v1): one module per resource, each exporting a `router()`,
+//! merged here with the cross-cutting layers.
+//!
+//! Layers, outermost first: JSON error shape for every error response,
+//! request tracing (method and path only: query strings may carry tokens),
+//! a request timeout, the body size limit; per-route latency metrics sit on
+//! the matched routes.
+
+mod activities;
+mod auth;
+mod error;
+mod friends;
+mod ops;
+mod points;
+mod users;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{AuthUser, hash_token};
+pub use error::ApiError;
+
+use crate::ingest::Tracker;
+use crate::ingest::batcher::WriteBehind;
+use crate::store::{Persistence, RecentStore};
+
+/// Largest request body accepted (a 10,000-point batch is about 1.5 MB).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Most points in one request.
+pub const MAX_POINTS_PER_REQUEST: usize = 10_000;
+/// A request taking longer than this is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a handler may touch; cheap to clone.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub store: Persistence,
+    pub recent: Arc<dyn RecentStore>,
+    pub tracker: Arc<Tracker>,
+    pub batcher: WriteBehind,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(ctx: ApiContext) -> Router {
+    Router::new()
+        .merge(users::router())
+        .merge(friends::router())
+        .merge(activities::router())
+        .merge(points::router())
+        .route_layer(middleware::from_fn(record_metrics))
+        .merge(ops::router())
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(ctx)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(middleware::map_response(error::json_errors))
+}
+
+/// Request count and latency by route template (never by raw path, so ids
+/// do not explode the label set).
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("trailcast_http_request_duration_seconds",
+        "route" => route.clone(), "method" => method.clone())
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!("trailcast_http_requests_total",
+        "route" => route, "method" => method, "status" => status)
+    .increment(1);
+    response
+}

@@ -1,0 +1,92 @@
+//! Point ingest: `POST /v1/activities/{id}/points` with one point or
+//! `{"points": [...]}` (offline sync, at most `MAX_POINTS_PER_REQUEST`).
+//!
+//! Parse: the body is read as JSON and each point decoded on its own, so one
+//! malformed fix is reported by index instead of failing the batch. Apply:
+//! the tracker validates, de-duplicates and stores durably. Reply:
+//! `{accepted, duplicates, rejected: [{index, code}], stats}`; a single
+//! point that is invalid is a 422 with its code instead.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{ApiContext, ApiError, AuthUser, MAX_POINTS_PER_REQUEST};
+use crate::domain::time::now_ms;
+use crate::domain::{PointInput, RejectCode, Stats};
+
+pub fn router() -> Router<ApiContext> {
+    Router::new().route("/v1/activities/{id}/points", post(post_points))
+}
+
+fn decode(value: Value) -> Result<PointInput, RejectCode> {
+    serde_json::from_value(value).map_err(|_| RejectCode::InvalidPoint)
+}
+
+async fn post_points(
+    State(ctx): State<ApiContext>,
+    AuthUser(me): AuthUser,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (inputs, single) = match body {
+        Value::Object(mut obj) if obj.contains_key("points") => match obj.remove("points") {
+            Some(Value::Array(points)) => {
+                if points.len() > MAX_POINTS_PER_REQUEST {
+                    return Err(ApiError::invalid(
+                        "too_many_points",
+                        format!("at most {MAX_POINTS_PER_REQUEST} points per request"),
+                    ));
+                }
+                (points.into_iter().map(decode).collect::<Vec<_>>(), false)
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "invalid_body",
+                    "`points` must be an array",
+                ));
+            }
+        },
+        Value::Object(obj) => (vec![decode(Value::Object(obj))], true),
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "expected a point object or {\"points\": [...]}",
+            ));
+        }
+    };
+
+    let owner = ctx.tracker.snapshot(id).await?.activity.athlete_id;
+    if owner != me.id {
+        return Err(ApiError::NotFound);
+    }
+    let outcome = ctx.tracker.ingest(id, inputs).await?;
+    if single && let Some((_, code)) = outcome.rejected.first() {
+        return Err(ApiError::invalid(
+            code.as_str(),
+            format!("point rejected: {}", code.as_str()),
+        ));
+    }
+    let rejected: Vec<Value> = outcome
+        .rejected
+        .iter()
+        .map(|(index, code)| json!({"index": index, "code": code}))
+        .collect();
+    let stats = Stats::of(
+        &outcome.snapshot.activity,
+        &outcome.snapshot.track,
+        now_ms(),
+    );
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "accepted": outcome.accepted,
+            "duplicates": outcome.duplicates,
+            "rejected": rejected,
+            "stats": stats,
+        })),
+    ))
+}

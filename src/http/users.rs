@@ -1,0 +1,58 @@
+//! Sign-up and the caller's identity.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth::new_token;
+use super::{ApiContext, ApiError, AuthUser, hash_token};
+use crate::domain::time::now_ms;
+use crate::store::User;
+
+pub const MAX_NAME_CHARS: usize = 64;
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/v1/users", post(create_user))
+        .route("/v1/me", get(me))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+}
+
+async fn create_user(
+    State(ctx): State<ApiContext>,
+    Json(body): Json<NewUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::invalid(
+            "invalid_name",
+            format!("name must be 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    let user = User {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        created_at: now_ms(),
+    };
+    let token = new_token();
+    ctx.store
+        .users
+        .create_user(&user, hash_token(&token))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": user.id, "name": user.name, "token": token})),
+    ))
+}
+
+async fn me(AuthUser(user): AuthUser) -> Json<Value> {
+    Json(json!({"id": user.id, "name": user.name}))
+}

@@ -1,0 +1,289 @@
+//! Ingest: the write path for activities and their points.
+//!
+//! `Tracker` owns the hot state of every activity this node has touched
+//! recently: the activity record and its `TrackAccumulator` (running
+//! statistics), in a `DashMap` keyed by activity id. Each entry sits behind
+//! its own async mutex, held for the whole of a points request or a state
+//! change (validation, de-duplication, the durable write, the statistics
+//! update), so requests for one activity apply in order and the fast
+//! de-duplication rule "newer than the newest point is new" stays true.
+//! Requests for different activities never wait on each other.
+//!
+//! The load balancer routes an activity to one node, so this node is the only
+//! writer of its points and state; the map is a cache over persistence and
+//! is rebuilt from it after a restart (`load`). `sweep` evicts entries idle
+//! for `IDLE_EVICT_MS`, which bounds the map by the number of activities
+//! active in that window.
+
+pub mod batcher;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::domain::activity::Transition;
+use crate::domain::time::{Millis, now_ms};
+use crate::domain::track::TrackSummary;
+use crate::domain::{
+    Activity, ActivityState, Point, PointInput, RejectCode, TrackAccumulator, TransitionError,
+};
+use crate::store::{Persistence, RecentStore, StoreError, read_track};
+use batcher::{QueueFull, WriteBehind};
+
+/// Entries untouched this long are dropped from the hot map.
+pub const IDLE_EVICT_MS: Millis = 10 * 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("activity not found")]
+    NotFound,
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An activity with its track summary as of now.
+#[derive(Debug, Clone)]
+pub struct ActivitySnapshot {
+    pub activity: Activity,
+    pub track: TrackSummary,
+}
+
+#[derive(Debug)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: Vec<(usize, RejectCode)>,
+    pub snapshot: ActivitySnapshot,
+    /// The newly stored points, in time order.
+    pub stored: Vec<Point>,
+}
+
+struct Hot {
+    activity: Activity,
+    acc: TrackAccumulator,
+    touched: Millis,
+}
+
+impl Hot {
+    fn snapshot(&self) -> ActivitySnapshot {
+        ActivitySnapshot {
+            activity: self.activity.clone(),
+            track: self.acc.summary(),
+        }
+    }
+}
+
+pub struct Tracker {
+    hot: DashMap<Uuid, Arc<Mutex<Hot>>>,
+    store: Persistence,
+    recent: Arc<dyn RecentStore>,
+    batcher: WriteBehind,
+}
+
+impl Tracker {
+    pub fn new(store: Persistence, recent: Arc<dyn RecentStore>, batcher: WriteBehind) -> Self {
+        Tracker {
+            hot: DashMap::new(),
+            store,
+            recent,
+            batcher,
+        }
+    }
+
+    pub async fn create(&self, activity: Activity) -> Result<ActivitySnapshot, IngestError> {
+        self.store.activities.put_activity(&activity).await?;
+        let hot = Hot {
+            acc: TrackAccumulator::new(activity.activity_type),
+            activity,
+            touched: now_ms(),
+        };
+        let snapshot = hot.snapshot();
+        self.hot
+            .insert(snapshot.activity.id, Arc::new(Mutex::new(hot)));
+        Ok(snapshot)
+    }
+
+    /// The hot entry for an activity, rebuilt from persistence if needed.
+    async fn load(&self, id: Uuid) -> Result<Arc<Mutex<Hot>>, IngestError> {
+        if let Some(hot) = self.hot.get(&id) {
+            return Ok(hot.clone());
+        }
+        let activity = self
+            .store
+            .activities
+            .activity(id)
+            .await?
+            .ok_or(IngestError::NotFound)?;
+        let track = read_track(self.store.points.as_ref(), id).await?;
+        let acc = TrackAccumulator::from_track(&activity, &track);
+        let hot = Arc::new(Mutex::new(Hot {
+            activity,
+            acc,
+            touched: now_ms(),
+        }));
+        // Two loads may race; the first one in wins and both use it.
+        Ok(self.hot.entry(id).or_insert(hot).clone())
+    }
+
+    /// The activity as of now. A finished activity not in the hot map is
+    /// served from its stored summary without reading its points.
+    pub async fn snapshot(&self, id: Uuid) -> Result<ActivitySnapshot, IngestError> {
+        if let Some(hot) = self.hot.get(&id).map(|h| h.clone()) {
+            return Ok(hot.lock().await.snapshot());
+        }
+        let activity = self
+            .store
+            .activities
+            .activity(id)
+            .await?
+            .ok_or(IngestError::NotFound)?;
+        if activity.is_live() {
+            return Ok(self.load(id).await?.lock().await.snapshot());
+        }
+        let track = activity.track.clone();
+        Ok(ActivitySnapshot { activity, track })
+    }
+
+    /// Like `snapshot` for an activity already read from storage (history
+    /// pages): only live activities cost a look at the hot map.
+    pub async fn refresh(&self, activity: Activity) -> ActivitySnapshot {
+        if let Some(hot) = self.hot.get(&activity.id).map(|h| h.clone()) {
+            return hot.lock().await.snapshot();
+        }
+        let track = activity.track.clone();
+        ActivitySnapshot { activity, track }
+    }
+
+    /// Applies a state change. On COMPLETE the summary is recomputed from the
+    /// whole stored track and saved with the activity.
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        to: ActivityState,
+        at: Option<Millis>,
+    ) -> Result<ActivitySnapshot, IngestError> {
+        let hot = self.load(id).await?;
+        let mut hot = hot.lock().await;
+        let now = now_ms();
+        let mut next = hot.activity.clone();
+        if next.transition(to, at.unwrap_or(now), now)? == Transition::AlreadyThere {
+            return Ok(hot.snapshot());
+        }
+        let acc = if to == ActivityState::Complete {
+            let track = read_track(self.store.points.as_ref(), id).await?;
+            TrackAccumulator::from_track(&next, &track)
+        } else {
+            hot.acc.clone()
+        };
+        next.track = acc.summary();
+        self.store.activities.put_activity(&next).await?;
+        hot.activity = next;
+        hot.acc = acc;
+        hot.touched = now;
+        Ok(hot.snapshot())
+    }
+
+    /// Validates, de-duplicates and durably stores points, then updates the
+    /// running statistics. `owner` must already have been checked.
+    pub async fn ingest(
+        &self,
+        id: Uuid,
+        inputs: Vec<Result<PointInput, RejectCode>>,
+    ) -> Result<IngestOutcome, IngestError> {
+        let hot = self.load(id).await?;
+        let mut hot = hot.lock().await;
+        let now = now_ms();
+        let window = hot.activity.point_window(now);
+
+        let mut rejected = Vec::new();
+        let mut fresh: Vec<Point> = Vec::with_capacity(inputs.len());
+        let mut seen = HashSet::with_capacity(inputs.len());
+        let mut duplicates = 0;
+        for (index, input) in inputs.into_iter().enumerate() {
+            match input.and_then(|i| i.validate(window)) {
+                Err(code) => rejected.push((index, code)),
+                Ok(p) if !seen.insert(p.ts) => duplicates += 1,
+                Ok(p) => fresh.push(p),
+            }
+        }
+        // Points newer than the newest stored one are new by construction;
+        // only older ones need a look at storage.
+        let newest = hot.acc.last_ts();
+        let older: Vec<Millis> = fresh
+            .iter()
+            .map(|p| p.ts)
+            .filter(|ts| newest.is_some_and(|n| *ts <= n))
+            .collect();
+        if !older.is_empty() {
+            let exists = self.store.points.points_exist(id, older.clone()).await?;
+            let stored: HashSet<Millis> = older
+                .iter()
+                .zip(exists)
+                .filter(|(_, e)| *e)
+                .map(|(ts, _)| *ts)
+                .collect();
+            duplicates += stored.len();
+            fresh.retain(|p| !stored.contains(&p.ts));
+        }
+        fresh.sort_by_key(|p| p.ts);
+
+        if !fresh.is_empty() {
+            let job = fresh.iter().map(|p| (id, *p)).collect();
+            let durable = self.batcher.submit(job)?;
+            durable
+                .await
+                .map_err(|_| StoreError::Backend("write-behind queue stopped".into()))??;
+            let in_order = newest.is_none_or(|n| fresh[0].ts > n);
+            if in_order {
+                let Hot { activity, acc, .. } = &mut *hot;
+                for p in &fresh {
+                    acc.push(activity, p);
+                }
+            } else {
+                let track = read_track(self.store.points.as_ref(), id).await?;
+                hot.acc = TrackAccumulator::from_track(&hot.activity, &track);
+            }
+            if !hot.activity.is_live() {
+                // Late points after the finish (offline sync): keep the
+                // stored summary in step with the track.
+                hot.activity.track = hot.acc.summary();
+                self.store.activities.put_activity(&hot.activity).await?;
+            }
+            if let Err(e) = self.recent.append(id, now, &fresh).await {
+                // Persistence is the source of truth; watchers catch up later.
+                tracing::warn!(error = %e, activity = %id, "recent positions not updated");
+            }
+        }
+        hot.touched = now;
+        metrics::counter!("trailcast_points_accepted_total").increment(fresh.len() as u64);
+        metrics::counter!("trailcast_points_duplicate_total").increment(duplicates as u64);
+        metrics::counter!("trailcast_points_rejected_total").increment(rejected.len() as u64);
+        Ok(IngestOutcome {
+            accepted: fresh.len(),
+            duplicates,
+            rejected,
+            snapshot: hot.snapshot(),
+            stored: fresh,
+        })
+    }
+
+    /// Evicts entries idle for `IDLE_EVICT_MS` that nobody is using.
+    pub fn sweep(&self, now: Millis) {
+        self.hot.retain(|_, hot| match hot.try_lock() {
+            Ok(h) => now - h.touched < IDLE_EVICT_MS,
+            Err(_) => true,
+        });
+        metrics::gauge!("trailcast_hot_activities").set(self.hot.len() as f64);
+    }
+
+    pub fn hot_len(&self) -> usize {
+        self.hot.len()
+    }
+}

@@ -1,0 +1,132 @@
+//! trailcast: a live-tracking server.
+//!
+//! `run` builds the whole server from a `Config`, a bound listener and a
+//! shutdown future; `main` and every integration test call it, so tests run
+//! exactly what production runs.
+//!
+//! Tasks and how they stop:
+//! - the HTTP server (axum), which on shutdown stops accepting and lets
+//!   in-flight requests finish (they wait for their points to be durable);
+//! - the write-behind writer (`ingest::batcher`), told to stop once the HTTP
+//!   server is done; it flushes everything queued and exits;
+//! - the sweeper, which evicts idle hot state and expired recent positions
+//!   once a minute, and stops with the shutdown signal.
+//!
+//! Only then is the store closed (its journal synced).
+
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use config::Config;
+use domain::time::now_ms;
+use http::ApiContext;
+use ingest::Tracker;
+use ingest::batcher::{BatcherConfig, WriteBehind};
+use store::embedded::EmbeddedStore;
+use store::recent_memory::MemoryRecentStore;
+use store::{Persistence, RecentStore};
+
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if !config.scylla_nodes.is_empty() {
+        bail!(
+            "--scylla-nodes: the ScyllaDB backend is not in this build yet; unset it to use the embedded store"
+        );
+    }
+    if config.redis_url.is_some() {
+        bail!(
+            "--redis-url: the Redis backend is not in this build yet; unset it to keep recent positions in process"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let embedded = EmbeddedStore::open(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = Persistence {
+        users: Arc::new(embedded.clone()),
+        activities: Arc::new(embedded.clone()),
+        points: Arc::new(embedded.clone()),
+    };
+    let recent_memory = Arc::new(MemoryRecentStore::new());
+    let recent: Arc<dyn RecentStore> = recent_memory.clone();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (batcher, writer) = WriteBehind::start(
+        store.points.clone(),
+        BatcherConfig {
+            queue_points: config.queue_points,
+            max_batch_points: config.max_batch_points,
+        },
+        stop_rx.clone(),
+    );
+    let tracker = Arc::new(Tracker::new(store.clone(), recent.clone(), batcher.clone()));
+    let sweeper = tokio::spawn(sweep(tracker.clone(), recent_memory, stop_rx.clone()));
+
+    let ctx = ApiContext {
+        store,
+        recent,
+        tracker,
+        batcher,
+        metrics: telemetry::metrics_handle(),
+    };
+    let app = http::router(ctx);
+    tracing::info!(addr = %listener.local_addr()?, "trailcast listening");
+    let http_stop = {
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections");
+            let _ = stop_tx.send(true);
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(http_stop)
+        .await?;
+
+    let _ = stop_tx.send(true);
+    writer.await.context("write-behind writer panicked")?;
+    sweeper.await.context("sweeper panicked")?;
+    embedded.close()?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn sweep(
+    tracker: Arc<Tracker>,
+    recent: Arc<MemoryRecentStore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = now_ms();
+                tracker.sweep(now);
+                recent.expire_idle(now);
+            }
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}

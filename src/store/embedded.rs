@@ -1,0 +1,354 @@
+//! The embedded persistence backend: fjall, an LSM store, in `--data-dir`.
+//!
+//! Keyspaces and keys (all integers big-endian so that a prefix scan returns
+//! a partition in clustering order; `ts` has its sign bit flipped so that
+//! negative values would still sort first):
+//!
+//! | keyspace | key | value |
+//! | --- | --- | --- |
+//! | `users` | user_id | JSON `User` |
+//! | `tokens` | sha256(token) | user_id |
+//! | `friend_requests` | from ‖ to | empty |
+//! | `activities` | activity_id | JSON `Activity` |
+//! | `activities_by_athlete` | athlete_id ‖ !started_at ‖ !activity_id | empty |
+//! | `points` | activity_id ‖ ts | `Point::encode_value` |
+//!
+//! `activities_by_athlete` stores the bitwise complement of the clustering
+//! columns so that an ascending scan is newest first (Scylla's `DESC`).
+//!
+//! Durability: every write method commits and then fsyncs the journal
+//! (`PersistMode::SyncAll`) before returning; `append_points` is called by
+//! the write-behind batcher with a whole group of requests, so one fsync
+//! covers many requests (group commit). fjall is synchronous, so each call
+//! runs on tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use uuid::Uuid;
+
+use super::{ActivityStore, HistoryKey, PointStore, StoreError, StoreResult, User, UserStore};
+use crate::domain::time::Millis;
+use crate::domain::{Activity, Point};
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Database,
+    users: Keyspace,
+    tokens: Keyspace,
+    friend_requests: Keyspace,
+    activities: Keyspace,
+    by_athlete: Keyspace,
+    points: Keyspace,
+}
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn ts_key(ts: Millis) -> [u8; 8] {
+    ((ts as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn ts_from_key(bytes: &[u8]) -> Option<Millis> {
+    let raw: [u8; 8] = bytes.try_into().ok()?;
+    Some((u64::from_be_bytes(raw) ^ (1 << 63)) as i64)
+}
+
+fn point_key(activity: Uuid, ts: Millis) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(activity.as_bytes());
+    key[16..].copy_from_slice(&ts_key(ts));
+    key
+}
+
+fn history_key(athlete: Uuid, at: HistoryKey) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..16].copy_from_slice(athlete.as_bytes());
+    key[16..24].copy_from_slice(&ts_key(at.started_at).map(|b| !b));
+    key[24..].copy_from_slice(&at.activity_id.as_bytes().map(|b| !b));
+    key
+}
+
+fn pair(a: Uuid, b: Uuid) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(a.as_bytes());
+    key[16..].copy_from_slice(b.as_bytes());
+    key
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// Runs a fjall call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+}
+
+impl EmbeddedStore {
+    pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
+        let db = Database::builder(dir).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(EmbeddedStore {
+            users: ks("users")?,
+            tokens: ks("tokens")?,
+            friend_requests: ks("friend_requests")?,
+            activities: ks("activities")?,
+            by_athlete: ks("activities_by_athlete")?,
+            points: ks("points")?,
+            db,
+        })
+    }
+
+    fn sync(&self) -> StoreResult<()> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    /// Flushes the journal to disk; called on shutdown.
+    pub fn close(&self) -> StoreResult<()> {
+        self.sync()
+    }
+}
+
+#[async_trait]
+impl UserStore for EmbeddedStore {
+    async fn create_user(&self, user: &User, token_hash: [u8; 32]) -> StoreResult<()> {
+        let this = self.clone();
+        let value = serde_json::to_vec(user).map_err(corrupt)?;
+        let id = user.id;
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.insert(&this.users, id.as_bytes().to_vec(), value);
+            batch.insert(&this.tokens, token_hash.to_vec(), id.as_bytes().to_vec());
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn user(&self, id: Uuid) -> StoreResult<Option<User>> {
+        let this = self.clone();
+        blocking(move || {
+            this.users
+                .get(id.as_bytes())?
+                .map(|v| serde_json::from_slice(&v).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<User>> {
+        let this = self.clone();
+        let id = blocking(move || Ok(this.tokens.get(token_hash)?)).await?;
+        match id {
+            None => Ok(None),
+            Some(id) => self.user(Uuid::from_slice(&id).map_err(corrupt)?).await,
+        }
+    }
+
+    async fn add_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<()> {
+        let this = self.clone();
+        blocking(move || {
+            this.friend_requests.insert(pair(from, to), [])?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn remove_friendship(&self, a: Uuid, b: Uuid) -> StoreResult<()> {
+        let this = self.clone();
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.remove(&this.friend_requests, pair(a, b).to_vec());
+            batch.remove(&this.friend_requests, pair(b, a).to_vec());
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn has_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<bool> {
+        let this = self.clone();
+        blocking(move || Ok(this.friend_requests.contains_key(pair(from, to))?)).await
+    }
+
+    async fn friend_requests_from(&self, from: Uuid) -> StoreResult<Vec<Uuid>> {
+        let this = self.clone();
+        blocking(move || {
+            this.friend_requests
+                .prefix(from.as_bytes())
+                .map(|kv| {
+                    let key = kv.key()?;
+                    Uuid::from_slice(&key[16..]).map_err(corrupt)
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ActivityStore for EmbeddedStore {
+    async fn put_activity(&self, activity: &Activity) -> StoreResult<()> {
+        let this = self.clone();
+        let value = serde_json::to_vec(activity).map_err(corrupt)?;
+        let (id, athlete, at) = (activity.id, activity.athlete_id, HistoryKey::of(activity));
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.insert(&this.activities, id.as_bytes().to_vec(), value);
+            batch.insert(&this.by_athlete, history_key(athlete, at).to_vec(), vec![]);
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn activity(&self, id: Uuid) -> StoreResult<Option<Activity>> {
+        let this = self.clone();
+        blocking(move || {
+            this.activities
+                .get(id.as_bytes())?
+                .map(|v| serde_json::from_slice(&v).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        athlete: Uuid,
+        after: Option<HistoryKey>,
+        limit: usize,
+    ) -> StoreResult<Vec<Activity>> {
+        let this = self.clone();
+        blocking(move || {
+            let prefix = athlete.as_bytes().to_vec();
+            let iter = match after {
+                // Keys sort newest first, so "after" is a strict lower bound.
+                Some(at) => {
+                    let start = history_key(athlete, at).to_vec();
+                    let mut end = prefix.clone();
+                    end.extend_from_slice(&[0xff; 24]);
+                    this.by_athlete.range((
+                        std::ops::Bound::Excluded(start),
+                        std::ops::Bound::Included(end),
+                    ))
+                }
+                None => this.by_athlete.prefix(&prefix),
+            };
+            let mut out = Vec::with_capacity(limit);
+            for kv in iter.take(limit) {
+                let key = kv.key()?;
+                let id_bytes: [u8; 16] = key[24..40].try_into().map_err(corrupt)?;
+                let id = Uuid::from_bytes(id_bytes.map(|b| !b));
+                let value = this
+                    .activities
+                    .get(id.as_bytes())?
+                    .ok_or_else(|| corrupt(format!("history names missing activity {id}")))?;
+                out.push(serde_json::from_slice(&value).map_err(corrupt)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PointStore for EmbeddedStore {
+    async fn append_points(&self, points: Arc<Vec<(Uuid, Point)>>) -> StoreResult<()> {
+        let this = self.clone();
+        blocking(move || {
+            let mut batch = this.db.batch();
+            for (activity, p) in points.iter() {
+                batch.insert(
+                    &this.points,
+                    point_key(*activity, p.ts).to_vec(),
+                    p.encode_value(),
+                );
+            }
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn points_exist(&self, activity: Uuid, ts: Vec<Millis>) -> StoreResult<Vec<bool>> {
+        let this = self.clone();
+        blocking(move || {
+            ts.iter()
+                .map(|t| Ok(this.points.contains_key(point_key(activity, *t))?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn route_page(
+        &self,
+        activity: Uuid,
+        after: Option<Millis>,
+        limit: usize,
+    ) -> StoreResult<Vec<Point>> {
+        let this = self.clone();
+        blocking(move || {
+            let start = match after {
+                Some(ts) => std::ops::Bound::Excluded(point_key(activity, ts).to_vec()),
+                None => std::ops::Bound::Included(point_key(activity, Millis::MIN).to_vec()),
+            };
+            let end = std::ops::Bound::Included(point_key(activity, Millis::MAX).to_vec());
+            let mut out = Vec::with_capacity(limit.min(ROUTE_PREALLOC));
+            for kv in this.points.range((start, end)).take(limit) {
+                let (key, value) = kv.into_inner()?;
+                let ts = ts_from_key(&key[16..]).ok_or_else(|| corrupt("point key"))?;
+                out.push(Point::decode_value(ts, &value).ok_or_else(|| corrupt("point value"))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+const ROUTE_PREALLOC: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts_keys_sort_like_numbers() {
+        let mut values = [-5i64, 0, 3, -1_000, 1_700_000_000_000, i64::MIN, i64::MAX];
+        let mut keys: Vec<_> = values.iter().map(|t| ts_key(*t)).collect();
+        keys.sort();
+        values.sort();
+        let back: Vec<_> = keys.iter().map(|k| ts_from_key(k).unwrap()).collect();
+        assert_eq!(back, values);
+    }
+
+    #[test]
+    fn history_keys_sort_newest_first() {
+        let athlete = Uuid::now_v7();
+        let older = history_key(
+            athlete,
+            HistoryKey {
+                started_at: 10,
+                activity_id: Uuid::max(),
+            },
+        );
+        let newer = history_key(
+            athlete,
+            HistoryKey {
+                started_at: 20,
+                activity_id: Uuid::nil(),
+            },
+        );
+        assert!(newer < older);
+    }
+}

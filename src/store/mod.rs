@@ -1,0 +1,145 @@
+//! Storage, one small trait per concern, one file per backend.
+//!
+//! - `UserStore`, `ActivityStore`, `PointStore`: persistence, the source of
+//!   truth. Every write method returns only once the data is durable.
+//!   Backends: `embedded` (fjall, the default).
+//! - `RecentStore`: recent positions of live activities, what watchers read.
+//!   Backends: `recent_memory` (in-process, the default).
+//!
+//! Key layouts are documented in the backend files; they follow DESIGN.md
+//! (a partition is what one query reads, in clustering order).
+
+pub mod embedded;
+pub mod recent;
+pub mod recent_memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::time::{Millis, deserialize_ms, serialize_ms};
+use crate::domain::{Activity, Point};
+
+pub use recent::{RecentEntry, RecentStore, StreamCursor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
+    pub created_at: Millis,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Stores the user and the SHA-256 of their token (never the token).
+    async fn create_user(&self, user: &User, token_hash: [u8; 32]) -> StoreResult<()>;
+    async fn user(&self, id: Uuid) -> StoreResult<Option<User>>;
+    async fn user_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<User>>;
+    /// Records that `from` asked `to` to be friends (idempotent).
+    async fn add_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<()>;
+    /// Forgets both directions of a friendship or request.
+    async fn remove_friendship(&self, a: Uuid, b: Uuid) -> StoreResult<()>;
+    async fn has_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<bool>;
+    /// Everyone `from` has asked, friends or not yet.
+    async fn friend_requests_from(&self, from: Uuid) -> StoreResult<Vec<Uuid>>;
+
+    async fn are_friends(&self, a: Uuid, b: Uuid) -> StoreResult<bool> {
+        Ok(self.has_friend_request(a, b).await? && self.has_friend_request(b, a).await?)
+    }
+
+    async fn friends_of(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
+        let mut friends = Vec::new();
+        for other in self.friend_requests_from(user).await? {
+            if self.has_friend_request(other, user).await? {
+                friends.push(other);
+            }
+        }
+        Ok(friends)
+    }
+}
+
+/// Position of an activity in an athlete's history, newest first: the
+/// clustering key of `activities_by_athlete`, and what a page cursor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HistoryKey {
+    pub started_at: Millis,
+    pub activity_id: Uuid,
+}
+
+impl HistoryKey {
+    pub fn of(a: &Activity) -> HistoryKey {
+        HistoryKey {
+            started_at: a.started_at,
+            activity_id: a.id,
+        }
+    }
+}
+
+#[async_trait]
+pub trait ActivityStore: Send + Sync + 'static {
+    /// Creates or replaces the activity record (and its history entry).
+    async fn put_activity(&self, activity: &Activity) -> StoreResult<()>;
+    async fn activity(&self, id: Uuid) -> StoreResult<Option<Activity>>;
+    /// Up to `limit` of the athlete's activities, newest start first,
+    /// strictly after `after` in that order.
+    async fn history(
+        &self,
+        athlete: Uuid,
+        after: Option<HistoryKey>,
+        limit: usize,
+    ) -> StoreResult<Vec<Activity>>;
+}
+
+#[async_trait]
+pub trait PointStore: Send + Sync + 'static {
+    /// Writes a group of points (any activities) durably: one group commit.
+    async fn append_points(&self, points: Arc<Vec<(Uuid, Point)>>) -> StoreResult<()>;
+    /// For each timestamp, whether the activity already has a point there.
+    async fn points_exist(&self, activity: Uuid, ts: Vec<Millis>) -> StoreResult<Vec<bool>>;
+    /// Up to `limit` points with `ts > after`, in time order.
+    async fn route_page(
+        &self,
+        activity: Uuid,
+        after: Option<Millis>,
+        limit: usize,
+    ) -> StoreResult<Vec<Point>>;
+}
+
+/// Page size when a whole track is read: no single unbounded query.
+pub const ROUTE_PAGE: usize = 5_000;
+
+/// Reads an activity's whole track, time-ordered, one page at a time.
+pub async fn read_track(points: &dyn PointStore, activity: Uuid) -> StoreResult<Vec<Point>> {
+    let mut track = Vec::new();
+    let mut after = None;
+    loop {
+        let page = points.route_page(activity, after, ROUTE_PAGE).await?;
+        let full = page.len() == ROUTE_PAGE;
+        after = page.last().map(|p| p.ts);
+        track.extend(page);
+        if !full {
+            return Ok(track);
+        }
+    }
+}
+
+/// The persistence backends the server runs on.
+#[derive(Clone)]
+pub struct Persistence {
+    pub users: Arc<dyn UserStore>,
+    pub activities: Arc<dyn ActivityStore>,
+    pub points: Arc<dyn PointStore>,
+}

@@ -1,0 +1,104 @@
+//! In-process `RecentStore`: a `DashMap` of capped ring buffers.
+//!
+//! Bounded on both axes: each stream holds at most `RECENT_CAP` entries, and
+//! `expire_idle` (run by the server's sweeper) drops streams untouched for
+//! `RECENT_TTL_MS`, so finished or abandoned activities cost nothing later.
+
+use std::collections::VecDeque;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use uuid::Uuid;
+
+use super::StoreResult;
+use super::recent::{RECENT_CAP, RECENT_TTL_MS, RecentEntry, RecentStore, StreamCursor};
+use crate::domain::Point;
+use crate::domain::time::Millis;
+
+#[derive(Default)]
+pub struct MemoryRecentStore {
+    streams: DashMap<Uuid, Stream>,
+}
+
+struct Stream {
+    entries: VecDeque<RecentEntry>,
+    last: StreamCursor,
+    touched: Millis,
+}
+
+impl MemoryRecentStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drops streams that received nothing for `RECENT_TTL_MS`.
+    pub fn expire_idle(&self, now: Millis) {
+        self.streams.retain(|_, s| now - s.touched < RECENT_TTL_MS);
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+}
+
+#[async_trait]
+impl RecentStore for MemoryRecentStore {
+    async fn append(&self, activity: Uuid, arrived: Millis, points: &[Point]) -> StoreResult<()> {
+        let mut stream = self.streams.entry(activity).or_insert_with(|| Stream {
+            entries: VecDeque::new(),
+            last: StreamCursor { ms: 0, seq: 0 },
+            touched: arrived,
+        });
+        stream.touched = arrived;
+        for point in points {
+            // Like a Redis stream: ids only grow, even if the clock steps back.
+            let cursor = if arrived > stream.last.ms {
+                StreamCursor {
+                    ms: arrived,
+                    seq: 0,
+                }
+            } else {
+                StreamCursor {
+                    ms: stream.last.ms,
+                    seq: stream.last.seq + 1,
+                }
+            };
+            stream.last = cursor;
+            stream.entries.push_back(RecentEntry {
+                cursor,
+                point: *point,
+            });
+        }
+        while stream.entries.len() > RECENT_CAP {
+            stream.entries.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn since(
+        &self,
+        activity: Uuid,
+        after: Option<StreamCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<RecentEntry>> {
+        let Some(stream) = self.streams.get(&activity) else {
+            return Ok(Vec::new());
+        };
+        let start = match after {
+            Some(c) => stream.entries.partition_point(|e| e.cursor <= c),
+            None => 0,
+        };
+        Ok(stream.entries.range(start..).take(limit).copied().collect())
+    }
+
+    async fn latest(&self, activity: Uuid) -> StoreResult<Option<RecentEntry>> {
+        Ok(self
+            .streams
+            .get(&activity)
+            .and_then(|s| s.entries.back().copied()))
+    }
+}

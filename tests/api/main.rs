@@ -1,0 +1,12 @@
+//! Integration tests: the real server on port 0, spoken to over HTTP.
+//! One binary, one module per capability.
+
+mod activities;
+mod durability;
+mod errors;
+mod helpers;
+mod history;
+mod ops;
+mod points;
+mod stats;
+mod users;

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use uuid::Uuid;
@@ -16,6 +16,19 @@ pub fn router() -> Router<ApiContext> {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/noop", post(noop))
+}
+
+/// The load generator's baseline: the same request shape as ingest (a JSON
+/// body read and parsed) with no authentication, storage or statistics, so
+/// ingest throughput can be quoted as a fraction of what the machine does
+/// with HTTP + JSON alone.
+async fn noop(Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
+    let points = body
+        .get("points")
+        .and_then(|p| p.as_array())
+        .map_or(1, Vec::len);
+    Json(json!({"accepted": points}))
 }
 
 async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
@@ -52,7 +65,18 @@ async fn metrics(State(ctx): State<ApiContext>) -> impl IntoResponse {
     )
 }
 
+/// Resident set size from `/proc/self/statm` (Linux), for the load
+/// generator's bytes-per-live-activity figure.
+fn resident_bytes() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0)
+}
+
 fn gauge_hot_state(ctx: &ApiContext) {
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("trailcast_process_resident_bytes").set(rss);
+    }
     metrics::gauge!("trailcast_hot_activities").set(ctx.tracker.hot_len() as f64);
     metrics::gauge!("trailcast_write_queue_points").set(ctx.batcher.queued_points() as f64);
 }

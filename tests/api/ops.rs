@@ -53,3 +53,29 @@ async fn metrics_count_points_and_time_routes() {
         "trailcast_http_request_duration_seconds_bucket{route=\"/v1/activities/{id}/points\",method=\"POST\""
     ));
 }
+
+#[tokio::test]
+async fn the_noop_baseline_parses_the_body_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/noop",
+            None,
+            Some(json!({"points": [{"ts": 1}, {"ts": 2}]})),
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 2})));
+    let (status, _) = app.call(Method::POST, "/v1/noop", None, None).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("trailcast_process_resident_bytes"));
+}

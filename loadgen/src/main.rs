@@ -1,7 +1,17 @@
-//! `trailcast-loadgen` will simulate athletes and watchers against a
-//! trailcast node (see the loadgen issue). Until then it only says so.
+//! `trailcast-loadgen`: parses options, runs the engine, prints the report.
 
-fn main() {
-    eprintln!("trailcast-loadgen: not built yet; see the loadgen issue");
-    std::process::exit(2);
+use clap::Parser;
+use trailcast_loadgen::Options;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let opts = Options::parse();
+    let json = opts.json;
+    let outcome = trailcast_loadgen::run(opts).await?;
+    if json {
+        println!("{}", outcome.report.to_json());
+    } else {
+        print!("{}", outcome.report.to_text());
+    }
+    Ok(())
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod store;
 pub mod telemetry;
 
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -39,6 +41,10 @@ use store::recent_memory::MemoryRecentStore;
 use store::{Persistence, RecentStore};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Kernel send buffer per connection (Linux doubles it). Fixed rather than
+/// auto-tuned (up to 4 MiB) so that a watcher that stops reading pins a
+/// known, small amount of kernel memory; see `http::live`.
+pub const SOCKET_SEND_BUFFER: usize = 64 * 1024;
 
 pub async fn run(
     config: Config,
@@ -67,40 +73,51 @@ pub async fn run(
     let recent_memory = Arc::new(MemoryRecentStore::new());
     let recent: Arc<dyn RecentStore> = recent_memory.clone();
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Two signals: `closing` fires when shutdown starts (WebSockets, feeds
+    // and the sweeper stop); `drain` fires once the HTTP server has finished
+    // its in-flight requests, which still need the write-behind queue.
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
     let (batcher, writer) = WriteBehind::start(
         store.points.clone(),
         BatcherConfig {
             queue_points: config.queue_points,
             max_batch_points: config.max_batch_points,
         },
-        stop_rx.clone(),
+        drain_rx,
     );
     let tracker = Arc::new(Tracker::new(store.clone(), recent.clone(), batcher.clone()));
-    let sweeper = tokio::spawn(sweep(tracker.clone(), recent_memory, stop_rx.clone()));
+    let sweeper = tokio::spawn(sweep(tracker.clone(), recent_memory, closing_rx.clone()));
 
     let ctx = ApiContext {
         store,
-        recent,
+        recent: recent.clone(),
         tracker,
         batcher,
         metrics: telemetry::metrics_handle(),
+        live: live::LiveHub::new(recent.clone(), closing_rx.clone()),
+        shutdown: closing_rx,
     };
     let app = http::router(ctx);
     tracing::info!(addr = %listener.local_addr()?, "trailcast listening");
     let http_stop = {
-        let stop_tx = stop_tx.clone();
+        let closing_tx = closing_tx.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections");
-            let _ = stop_tx.send(true);
+            let _ = closing_tx.send(true);
         }
     };
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SOCKET_SEND_BUFFER);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(http_stop)
         .await?;
 
-    let _ = stop_tx.send(true);
+    let _ = closing_tx.send(true);
+    let _ = drain_tx.send(true);
     writer.await.context("write-behind writer panicked")?;
     sweeper.await.context("sweeper panicked")?;
     embedded.close()?;

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::time::{Millis, TsInput, serialize_ms};
+use super::time::{Millis, TsInput, deserialize_ms, serialize_ms};
 
 /// How far ahead of the server's clock a point's `ts` may be (phone clocks
 /// drift; GPS time does not, but not every client uses it).
@@ -16,9 +16,9 @@ pub const MAX_FUTURE_SKEW_MS: Millis = 30_000;
 /// the first fix often arrives stamped just before the start button.
 pub const WINDOW_SLACK_MS: Millis = 60_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Point {
-    #[serde(serialize_with = "serialize_ms")]
+    #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
     pub ts: Millis,
     pub lat: f64,
     pub lng: f64,

@@ -86,7 +86,7 @@ pub struct TrackSummary {
 }
 
 /// The statistics every API reply carries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub distance_m: f64,
     pub moving_time_s: f64,

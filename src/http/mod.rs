@@ -10,8 +10,10 @@ mod activities;
 mod auth;
 mod error;
 mod friends;
+mod live;
 mod ops;
 mod points;
+mod shares;
 mod users;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub use error::ApiError;
 
 use crate::ingest::Tracker;
 use crate::ingest::batcher::WriteBehind;
+use crate::live::LiveHub;
 use crate::store::{Persistence, RecentStore};
 
 /// Largest request body accepted (a 10,000-point batch is about 1.5 MB).
@@ -48,6 +51,9 @@ pub struct ApiContext {
     pub tracker: Arc<Tracker>,
     pub batcher: WriteBehind,
     pub metrics: PrometheusHandle,
+    pub live: Arc<LiveHub>,
+    /// Set to `true` when the server is shutting down (WebSockets close).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(ctx: ApiContext) -> Router {
@@ -56,6 +62,8 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(friends::router())
         .merge(activities::router())
         .merge(points::router())
+        .merge(live::router())
+        .merge(shares::router())
         .route_layer(middleware::from_fn(record_metrics))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound })

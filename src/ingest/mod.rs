@@ -24,13 +24,14 @@ use dashmap::DashMap;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::domain::Stats;
 use crate::domain::activity::Transition;
 use crate::domain::time::{Millis, now_ms};
 use crate::domain::track::TrackSummary;
 use crate::domain::{
     Activity, ActivityState, Point, PointInput, RejectCode, TrackAccumulator, TransitionError,
 };
-use crate::store::{Persistence, RecentStore, StoreError, read_track};
+use crate::store::{Persistence, RecentItem, RecentStore, StoreError, read_track};
 use batcher::{QueueFull, WriteBehind};
 
 /// Entries untouched this long are dropped from the hot map.
@@ -80,6 +81,12 @@ impl Hot {
     }
 }
 
+impl ActivitySnapshot {
+    pub fn stats(&self, now: Millis) -> Stats {
+        Stats::of(&self.activity, &self.track, now)
+    }
+}
+
 pub struct Tracker {
     hot: DashMap<Uuid, Arc<Mutex<Hot>>>,
     store: Persistence,
@@ -107,7 +114,24 @@ impl Tracker {
         let snapshot = hot.snapshot();
         self.hot
             .insert(snapshot.activity.id, Arc::new(Mutex::new(hot)));
+        let started = RecentItem::State {
+            state: ActivityState::Started,
+            at: snapshot.activity.started_at,
+        };
+        let stats = RecentItem::Stats(snapshot.stats(now_ms()));
+        self.publish(snapshot.activity.id, vec![started, stats])
+            .await;
         Ok(snapshot)
+    }
+
+    /// Appends to the activity's recent stream for watchers. A failure is
+    /// logged, not returned: persistence is the source of truth and the
+    /// caller's write already succeeded.
+    async fn publish(&self, id: Uuid, items: Vec<RecentItem>) {
+        if let Err(e) = self.recent.append(id, &items).await {
+            metrics::counter!("trailcast_recent_append_failures_total").increment(1);
+            tracing::warn!(error = %e, activity = %id, "recent positions not updated");
+        }
     }
 
     /// The hot entry for an activity, rebuilt from persistence if needed.
@@ -187,7 +211,14 @@ impl Tracker {
         hot.activity = next;
         hot.acc = acc;
         hot.touched = now;
-        Ok(hot.snapshot())
+        let snapshot = hot.snapshot();
+        let change = RecentItem::State {
+            state: to,
+            at: at.unwrap_or(now),
+        };
+        self.publish(id, vec![change, RecentItem::Stats(snapshot.stats(now))])
+            .await;
+        Ok(snapshot)
     }
 
     /// Validates, de-duplicates and durably stores points, then updates the
@@ -256,10 +287,10 @@ impl Tracker {
                 hot.activity.track = hot.acc.summary();
                 self.store.activities.put_activity(&hot.activity).await?;
             }
-            if let Err(e) = self.recent.append(id, now, &fresh).await {
-                // Persistence is the source of truth; watchers catch up later.
-                tracing::warn!(error = %e, activity = %id, "recent positions not updated");
-            }
+            let snapshot = hot.snapshot();
+            let mut items: Vec<RecentItem> = fresh.iter().map(|p| RecentItem::Point(*p)).collect();
+            items.push(RecentItem::Stats(snapshot.stats(now)));
+            self.publish(id, items).await;
         }
         hot.touched = now;
         metrics::counter!("trailcast_points_accepted_total").increment(fresh.len() as u64);

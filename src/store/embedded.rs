@@ -12,6 +12,8 @@
 //! | `activities` | activity_id | JSON `Activity` |
 //! | `activities_by_athlete` | athlete_id ‖ !started_at ‖ !activity_id | empty |
 //! | `points` | activity_id ‖ ts | `Point::encode_value` |
+//! | `shares` | share_id | JSON `Share` |
+//! | `share_tokens` | sha256(token) | share_id |
 //!
 //! `activities_by_athlete` stores the bitwise complement of the clustering
 //! columns so that an ascending scan is newest first (Scylla's `DESC`).
@@ -29,7 +31,9 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use uuid::Uuid;
 
-use super::{ActivityStore, HistoryKey, PointStore, StoreError, StoreResult, User, UserStore};
+use super::{
+    ActivityStore, HistoryKey, PointStore, Share, StoreError, StoreResult, User, UserStore,
+};
 use crate::domain::time::Millis;
 use crate::domain::{Activity, Point};
 
@@ -42,6 +46,8 @@ pub struct EmbeddedStore {
     activities: Keyspace,
     by_athlete: Keyspace,
     points: Keyspace,
+    shares: Keyspace,
+    share_tokens: Keyspace,
 }
 
 impl From<fjall::Error> for StoreError {
@@ -105,6 +111,8 @@ impl EmbeddedStore {
             activities: ks("activities")?,
             by_athlete: ks("activities_by_athlete")?,
             points: ks("points")?,
+            shares: ks("shares")?,
+            share_tokens: ks("share_tokens")?,
             db,
         })
     }
@@ -257,6 +265,53 @@ impl ActivityStore for EmbeddedStore {
                 out.push(serde_json::from_slice(&value).map_err(corrupt)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn put_share(&self, share: &Share) -> StoreResult<()> {
+        let this = self.clone();
+        let value = serde_json::to_vec(share).map_err(corrupt)?;
+        let (id, hash) = (share.id, share.token_hash);
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.insert(&this.shares, id.as_bytes().to_vec(), value);
+            batch.insert(&this.share_tokens, hash.to_vec(), id.as_bytes().to_vec());
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn share(&self, id: Uuid) -> StoreResult<Option<Share>> {
+        let this = self.clone();
+        blocking(move || {
+            this.shares
+                .get(id.as_bytes())?
+                .map(|v| serde_json::from_slice(&v).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn share_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<Share>> {
+        let this = self.clone();
+        let id = blocking(move || Ok(this.share_tokens.get(token_hash)?)).await?;
+        match id {
+            None => Ok(None),
+            Some(id) => self.share(Uuid::from_slice(&id).map_err(corrupt)?).await,
+        }
+    }
+
+    async fn delete_share(&self, share: &Share) -> StoreResult<()> {
+        let this = self.clone();
+        let (id, hash) = (share.id, share.token_hash);
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.remove(&this.shares, id.as_bytes().to_vec());
+            batch.remove(&this.share_tokens, hash.to_vec());
+            batch.commit()?;
+            this.sync()
         })
         .await
     }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::domain::time::{Millis, deserialize_ms, serialize_ms};
 use crate::domain::{Activity, Point};
 
-pub use recent::{RecentEntry, RecentStore, StreamCursor};
+pub use recent::{RecentEntry, RecentItem, RecentStore, StreamCursor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +88,19 @@ impl HistoryKey {
     }
 }
 
+/// A share link (Garmin LiveTrack style): lets anyone holding its token
+/// watch one activity until it expires or is revoked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Share {
+    pub id: Uuid,
+    pub activity_id: Uuid,
+    pub owner_id: Uuid,
+    #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
+    pub expires_at: Millis,
+    /// SHA-256 of the token; the token itself is shown once.
+    pub token_hash: [u8; 32],
+}
+
 #[async_trait]
 pub trait ActivityStore: Send + Sync + 'static {
     /// Creates or replaces the activity record (and its history entry).
@@ -101,6 +114,10 @@ pub trait ActivityStore: Send + Sync + 'static {
         after: Option<HistoryKey>,
         limit: usize,
     ) -> StoreResult<Vec<Activity>>;
+    async fn put_share(&self, share: &Share) -> StoreResult<()>;
+    async fn share(&self, id: Uuid) -> StoreResult<Option<Share>>;
+    async fn share_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<Share>>;
+    async fn delete_share(&self, share: &Share) -> StoreResult<()>;
 }
 
 #[async_trait]

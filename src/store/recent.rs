@@ -2,21 +2,26 @@
 //! activity, in arrival order, which live watchers read.
 //!
 //! Entries are identified like Redis stream entries, `<arrival ms>-<seq>`,
-//! so a watcher's cursor means the same thing on every backend and node.
+//! so a watcher's cursor means the same thing on every backend and node, and
+//! the arrival time needed for lagged playback is the id itself. A stream
+//! carries everything a watcher sees, in one order: points, state changes
+//! and statistics snapshots.
 
 use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::StoreResult;
-use crate::domain::Point;
-use crate::domain::time::Millis;
+use crate::domain::time::{Millis, deserialize_ms, serialize_ms};
+use crate::domain::{ActivityState, Point, Stats};
 
-/// Entries kept per activity: about 1 h 40 min at one fix every 3 s. Older
+/// Entries kept per activity: about 1 h 40 min at one fix every 3 s (each
+/// points request also adds a statistics entry). Older
 /// points are still in persistence; watchers catching up read them there.
-pub const RECENT_CAP: usize = 2_048;
+pub const RECENT_CAP: usize = 4_096;
 /// An activity whose stream got nothing new for this long is forgotten.
 pub const RECENT_TTL_MS: Millis = 60 * 60 * 1000;
 
@@ -44,17 +49,30 @@ impl FromStr for StreamCursor {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a stream entry carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecentItem {
+    Point(Point),
+    State {
+        state: ActivityState,
+        #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
+        at: Millis,
+    },
+    Stats(Stats),
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct RecentEntry {
     pub cursor: StreamCursor,
-    pub point: Point,
+    pub item: RecentItem,
 }
 
 #[async_trait]
 pub trait RecentStore: Send + Sync + 'static {
-    /// Appends points that arrived at `arrived` (in the given order), trims
-    /// the stream to `RECENT_CAP` and renews its TTL.
-    async fn append(&self, activity: Uuid, arrived: Millis, points: &[Point]) -> StoreResult<()>;
+    /// Appends items (in the given order) stamped with the backend's current
+    /// time, trims the stream to `RECENT_CAP` and renews its TTL.
+    async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()>;
     /// Up to `limit` entries strictly after `after`, in arrival order.
     async fn since(
         &self,
@@ -62,6 +80,7 @@ pub trait RecentStore: Send + Sync + 'static {
         after: Option<StreamCursor>,
         limit: usize,
     ) -> StoreResult<Vec<RecentEntry>>;
-    /// The newest entry, if the activity has a stream.
-    async fn latest(&self, activity: Uuid) -> StoreResult<Option<RecentEntry>>;
+    /// The newest point entry that arrived at or before `until`.
+    async fn latest_point(&self, activity: Uuid, until: Millis)
+    -> StoreResult<Option<RecentEntry>>;
 }

@@ -11,9 +11,10 @@ use dashmap::DashMap;
 use uuid::Uuid;
 
 use super::StoreResult;
-use super::recent::{RECENT_CAP, RECENT_TTL_MS, RecentEntry, RecentStore, StreamCursor};
-use crate::domain::Point;
-use crate::domain::time::Millis;
+use super::recent::{
+    RECENT_CAP, RECENT_TTL_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
+};
+use crate::domain::time::{Millis, now_ms};
 
 #[derive(Default)]
 pub struct MemoryRecentStore {
@@ -47,14 +48,15 @@ impl MemoryRecentStore {
 
 #[async_trait]
 impl RecentStore for MemoryRecentStore {
-    async fn append(&self, activity: Uuid, arrived: Millis, points: &[Point]) -> StoreResult<()> {
+    async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()> {
+        let arrived = now_ms();
         let mut stream = self.streams.entry(activity).or_insert_with(|| Stream {
             entries: VecDeque::new(),
             last: StreamCursor { ms: 0, seq: 0 },
             touched: arrived,
         });
         stream.touched = arrived;
-        for point in points {
+        for item in items {
             // Like a Redis stream: ids only grow, even if the clock steps back.
             let cursor = if arrived > stream.last.ms {
                 StreamCursor {
@@ -70,7 +72,7 @@ impl RecentStore for MemoryRecentStore {
             stream.last = cursor;
             stream.entries.push_back(RecentEntry {
                 cursor,
-                point: *point,
+                item: item.clone(),
             });
         }
         while stream.entries.len() > RECENT_CAP {
@@ -92,13 +94,23 @@ impl RecentStore for MemoryRecentStore {
             Some(c) => stream.entries.partition_point(|e| e.cursor <= c),
             None => 0,
         };
-        Ok(stream.entries.range(start..).take(limit).copied().collect())
+        Ok(stream.entries.range(start..).take(limit).cloned().collect())
     }
 
-    async fn latest(&self, activity: Uuid) -> StoreResult<Option<RecentEntry>> {
-        Ok(self
-            .streams
-            .get(&activity)
-            .and_then(|s| s.entries.back().copied()))
+    async fn latest_point(
+        &self,
+        activity: Uuid,
+        until: Millis,
+    ) -> StoreResult<Option<RecentEntry>> {
+        let Some(stream) = self.streams.get(&activity) else {
+            return Ok(None);
+        };
+        Ok(stream
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| e.cursor.ms <= until)
+            .find(|e| matches!(e.item, RecentItem::Point(_)))
+            .cloned())
     }
 }

@@ -1,0 +1,89 @@
+//! Share links (Garmin LiveTrack style): the athlete creates an expiring
+//! token for one activity; anyone holding it may watch that activity live,
+//! without an account, until it expires or is revoked. Revocation also
+//! closes this node's open WebSockets that use it.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth::new_token;
+use super::{ApiContext, ApiError, AuthUser, hash_token};
+use crate::domain::time::{now_ms, to_rfc3339};
+use crate::store::Share;
+
+pub const DEFAULT_SHARE_S: i64 = 24 * 3600;
+pub const MIN_SHARE_S: i64 = 5;
+pub const MAX_SHARE_S: i64 = 7 * 24 * 3600;
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/v1/shares", post(create_share))
+        .route("/v1/shares/{id}", delete(revoke_share))
+}
+
+#[derive(Deserialize)]
+struct NewShare {
+    activity_id: Uuid,
+    expires_in_s: Option<i64>,
+}
+
+async fn create_share(
+    State(ctx): State<ApiContext>,
+    AuthUser(me): AuthUser,
+    Json(body): Json<NewShare>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ttl = body.expires_in_s.unwrap_or(DEFAULT_SHARE_S);
+    if !(MIN_SHARE_S..=MAX_SHARE_S).contains(&ttl) {
+        return Err(ApiError::invalid(
+            "invalid_expiry",
+            format!("expires_in_s must be {MIN_SHARE_S} to {MAX_SHARE_S}"),
+        ));
+    }
+    let activity = ctx.tracker.snapshot(body.activity_id).await?.activity;
+    if activity.athlete_id != me.id {
+        return Err(ApiError::NotFound);
+    }
+    let token = new_token();
+    let share = Share {
+        id: Uuid::now_v7(),
+        activity_id: activity.id,
+        owner_id: me.id,
+        expires_at: now_ms() + ttl * 1000,
+        token_hash: hash_token(&token),
+    };
+    ctx.store.activities.put_share(&share).await?;
+    let id = activity.id;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": share.id,
+            "activity_id": id,
+            "token": token,
+            "expires_at": to_rfc3339(share.expires_at),
+            "poll_url": format!("/v1/activities/{id}/live?share={token}"),
+            "ws_url": format!("/v1/activities/{id}/live/ws?share={token}"),
+        })),
+    ))
+}
+
+async fn revoke_share(
+    State(ctx): State<ApiContext>,
+    AuthUser(me): AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let share = ctx
+        .store
+        .activities
+        .share(id)
+        .await?
+        .filter(|s| s.owner_id == me.id)
+        .ok_or(ApiError::NotFound)?;
+    ctx.store.activities.delete_share(&share).await?;
+    let _ = ctx.live.revoked.send(share.id);
+    Ok(Json(json!({"status": "revoked"})))
+}

@@ -1,0 +1,323 @@
+//! Live playback: each point is released to watchers `lag` seconds after it
+//! arrived, so a watcher always holds the next point beyond its playback head
+//! and can draw continuous motion.
+//!
+//! Shape: one `Feed` per activity that somebody on this node watches. Its
+//! task (the only reader of that activity's recent stream on this node)
+//! wakes every `TICK`, reads what arrived since its last cursor and appends
+//! it to a bounded in-memory window, then bumps a `watch` counter. Pollers
+//! and WebSocket watchers read that window, never the store, so N watchers
+//! cost one store read per tick. Each watcher applies its own lag: an entry
+//! is released to it once `entry.cursor.ms + lag <= now` (the cursor *is*
+//! the arrival time), which is the same cut for everyone and monotone in
+//! time, so cursors never skip or repeat an entry.
+//!
+//! An activity nobody watches has no feed and costs nothing here. A feed
+//! whose last watcher left `FEED_IDLE` ago stops and is removed. Bounds: a
+//! feed keeps at most `RECENT_CAP` entries (older history is in persistence
+//! and served by the catch-up path).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use crate::domain::time::{Millis, now_ms};
+use crate::domain::{ActivityState, Stats};
+use crate::store::recent::RECENT_CAP;
+use crate::store::{RecentItem, RecentStore, StoreResult, StreamCursor};
+
+pub const TICK: Duration = Duration::from_millis(250);
+pub const FEED_IDLE_MS: Millis = 30_000;
+pub const DEFAULT_LAG_MS: Millis = 8_000;
+pub const MIN_LAG_MS: Millis = 5_000;
+pub const MAX_LAG_MS: Millis = 10_000;
+const PAGE: usize = 1_000;
+
+/// Playback delay chosen by a watcher, 5 to 10 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag(Millis);
+
+impl Lag {
+    pub fn from_seconds(s: Option<f64>) -> Option<Lag> {
+        let Some(s) = s else {
+            return Some(Lag(DEFAULT_LAG_MS));
+        };
+        let ms = (s * 1000.0).round();
+        (ms.is_finite() && (MIN_LAG_MS as f64..=MAX_LAG_MS as f64).contains(&ms))
+            .then_some(Lag(ms as Millis))
+    }
+
+    pub fn ms(self) -> Millis {
+        self.0
+    }
+
+    pub fn seconds(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+/// A stream entry as watchers see it. `late` marks a point older than one
+/// that came before it in the stream (an offline upload, a resend): the
+/// client should redraw the track rather than extend it.
+#[derive(Debug, Clone)]
+pub struct LiveEntry {
+    pub cursor: StreamCursor,
+    pub item: RecentItem,
+    pub late: bool,
+}
+
+#[derive(Default)]
+struct Window {
+    entries: VecDeque<LiveEntry>,
+    max_point_ts: Option<Millis>,
+    last: Option<StreamCursor>,
+}
+
+pub struct Feed {
+    activity: Uuid,
+    window: RwLock<Window>,
+    arrived: watch::Sender<u64>,
+    watchers: AtomicUsize,
+    touched: AtomicI64,
+}
+
+impl Feed {
+    fn new(activity: Uuid) -> Feed {
+        Feed {
+            activity,
+            window: RwLock::new(Window::default()),
+            arrived: watch::channel(0).0,
+            watchers: AtomicUsize::new(0),
+            touched: AtomicI64::new(now_ms()),
+        }
+    }
+
+    /// Reads what arrived since the last pull; returns how many entries.
+    async fn pull(&self, recent: &dyn RecentStore) -> StoreResult<usize> {
+        let mut total = 0;
+        loop {
+            let after = self.window.read().expect("feed lock").last;
+            let page = recent.since(self.activity, after, PAGE).await?;
+            let n = page.len();
+            if n > 0 {
+                let mut w = self.window.write().expect("feed lock");
+                for entry in page {
+                    let late = match &entry.item {
+                        RecentItem::Point(p) => {
+                            let late = w.max_point_ts.is_some_and(|m| p.ts < m);
+                            w.max_point_ts = Some(w.max_point_ts.map_or(p.ts, |m| m.max(p.ts)));
+                            late
+                        }
+                        _ => false,
+                    };
+                    w.last = Some(entry.cursor);
+                    w.entries.push_back(LiveEntry {
+                        cursor: entry.cursor,
+                        item: entry.item,
+                        late,
+                    });
+                }
+                while w.entries.len() > RECENT_CAP {
+                    w.entries.pop_front();
+                }
+            }
+            total += n;
+            if n < PAGE {
+                break;
+            }
+        }
+        if total > 0 {
+            self.arrived.send_modify(|n| *n += 1);
+        }
+        Ok(total)
+    }
+
+    /// Fires whenever new entries arrived (released or not yet).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.arrived.subscribe()
+    }
+
+    /// Entries after `after` already released at `now` for this `lag`, at
+    /// most `limit`, in stream order.
+    pub fn released(
+        &self,
+        after: Option<StreamCursor>,
+        now: Millis,
+        lag: Lag,
+        limit: usize,
+    ) -> Vec<LiveEntry> {
+        let w = self.window.read().expect("feed lock");
+        let start = after.map_or(0, |c| w.entries.partition_point(|e| e.cursor <= c));
+        w.entries
+            .range(start..)
+            .take_while(|e| e.cursor.ms + lag.ms() <= now)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// When the first entry after `after` becomes due, if one is waiting.
+    pub fn next_release(&self, after: Option<StreamCursor>, lag: Lag) -> Option<Millis> {
+        let w = self.window.read().expect("feed lock");
+        let start = after.map_or(0, |c| w.entries.partition_point(|e| e.cursor <= c));
+        w.entries.get(start).map(|e| e.cursor.ms + lag.ms())
+    }
+
+    /// The newest released state change and statistics.
+    pub fn released_status(
+        &self,
+        now: Millis,
+        lag: Lag,
+    ) -> (Option<(ActivityState, Millis)>, Option<Stats>) {
+        let w = self.window.read().expect("feed lock");
+        let mut state = None;
+        let mut stats = None;
+        for e in w
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| e.cursor.ms + lag.ms() <= now)
+        {
+            match &e.item {
+                RecentItem::State { state: s, at } if state.is_none() => state = Some((*s, *at)),
+                RecentItem::Stats(s) if stats.is_none() => stats = Some(s.clone()),
+                _ => {}
+            }
+            if state.is_some() && stats.is_some() {
+                break;
+            }
+        }
+        (state, stats)
+    }
+
+    /// Whether the window still holds the activity from its first entry
+    /// (the STARTED state published at creation), so no history is missing.
+    pub fn holds_start_of(&self, started_at: Millis) -> bool {
+        let w = self.window.read().expect("feed lock");
+        matches!(
+            w.entries.front().map(|e| &e.item),
+            Some(RecentItem::State { state: ActivityState::Started, at }) if *at == started_at
+        )
+    }
+
+    /// The oldest point time held in the window: catch-up reads persistence
+    /// for anything older.
+    pub fn oldest_point_ts(&self) -> Option<Millis> {
+        let w = self.window.read().expect("feed lock");
+        w.entries
+            .iter()
+            .filter_map(|e| match &e.item {
+                RecentItem::Point(p) => Some(p.ts),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn touch(&self) {
+        self.touched.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Holding one counts as watching; dropping it stops counting.
+pub struct WatchGuard(Arc<Feed>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.watchers.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("trailcast_live_ws_watchers").decrement(1.0);
+    }
+}
+
+pub struct LiveHub {
+    feeds: DashMap<Uuid, Arc<Feed>>,
+    recent: Arc<dyn RecentStore>,
+    stop: watch::Receiver<bool>,
+    /// Ids of revoked share links, for open WebSockets to notice at once.
+    pub revoked: broadcast::Sender<Uuid>,
+}
+
+impl LiveHub {
+    pub fn new(recent: Arc<dyn RecentStore>, stop: watch::Receiver<bool>) -> Arc<LiveHub> {
+        Arc::new(LiveHub {
+            feeds: DashMap::new(),
+            recent,
+            stop,
+            revoked: broadcast::channel(64).0,
+        })
+    }
+
+    /// The activity's feed, started (and filled) if nobody watched it yet.
+    /// With `watching`, also a guard that counts a WebSocket watcher. Both
+    /// the touch and the count happen under the map's shard lock, which the
+    /// feed's own removal also takes, so a feed handed out here is never one
+    /// that is being retired.
+    pub async fn feed(
+        self: &Arc<Self>,
+        activity: Uuid,
+        watching: bool,
+    ) -> StoreResult<(Arc<Feed>, Option<WatchGuard>)> {
+        let claim = |feed: &Arc<Feed>| {
+            feed.touch();
+            watching.then(|| {
+                feed.watchers.fetch_add(1, Ordering::AcqRel);
+                metrics::gauge!("trailcast_live_ws_watchers").increment(1.0);
+                WatchGuard(feed.clone())
+            })
+        };
+        if let Some(feed) = self.feeds.get(&activity) {
+            let guard = claim(&feed);
+            return Ok((feed.clone(), guard));
+        }
+        let fresh = Arc::new(Feed::new(activity));
+        fresh.pull(self.recent.as_ref()).await?;
+        let (feed, guard) = match self.feeds.entry(activity) {
+            dashmap::Entry::Occupied(existing) => {
+                let guard = claim(existing.get());
+                return Ok((existing.get().clone(), guard));
+            }
+            dashmap::Entry::Vacant(slot) => {
+                let guard = claim(&fresh);
+                (slot.insert(fresh).clone(), guard)
+            }
+        };
+        metrics::gauge!("trailcast_live_feeds").set(self.feeds.len() as f64);
+        tokio::spawn(run_feed(self.clone(), feed.clone()));
+        Ok((feed, guard))
+    }
+
+    pub fn feeds(&self) -> usize {
+        self.feeds.len()
+    }
+}
+
+async fn run_feed(hub: Arc<LiveHub>, feed: Arc<Feed>) {
+    let mut stop = hub.stop.clone();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::stopped(&mut stop) => break,
+        }
+        if let Err(e) = feed.pull(hub.recent.as_ref()).await {
+            tracing::warn!(error = %e, activity = %feed.activity, "live feed could not read recent positions");
+        }
+        // Checked under the map's lock: a watcher or poller that just came
+        // keeps the feed alive.
+        let retired = hub.feeds.remove_if(&feed.activity, |_, f| {
+            Arc::ptr_eq(f, &feed)
+                && f.watchers.load(Ordering::Acquire) == 0
+                && now_ms() - f.touched.load(Ordering::Acquire) > FEED_IDLE_MS
+        });
+        if retired.is_some() {
+            break;
+        }
+    }
+    metrics::gauge!("trailcast_live_feeds").set(hub.feeds.len() as f64);
+}

@@ -30,6 +30,10 @@ pub struct Config {
     /// Redis for recent positions; unset keeps them in process.
     #[arg(long, env = "TRAILCAST_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key (lets several deployments or tests share
+    /// one Redis).
+    #[arg(long, env = "TRAILCAST_REDIS_PREFIX", default_value = "tc:")]
+    pub redis_prefix: String,
     /// ScyllaDB contact points, comma-separated; unset uses the embedded store.
     #[arg(long, env = "TRAILCAST_SCYLLA_NODES", value_delimiter = ',')]
     pub scylla_nodes: Vec<String>,

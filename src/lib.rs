@@ -10,7 +10,8 @@
 //! - the write-behind writer (`ingest::batcher`), told to stop once the HTTP
 //!   server is done; it flushes everything queued and exits;
 //! - the sweeper, which evicts idle hot state and expired recent positions
-//!   once a minute, and stops with the shutdown signal.
+//!   once a minute and back-fills the recent store after an outage (every
+//!   second while something is missing); it stops with the shutdown signal.
 //!
 //! Only then is the store closed (its journal synced).
 
@@ -38,9 +39,12 @@ use ingest::Tracker;
 use ingest::batcher::{BatcherConfig, WriteBehind};
 use store::embedded::EmbeddedStore;
 use store::recent_memory::MemoryRecentStore;
+use store::recent_redis::RedisRecentStore;
 use store::{Persistence, RecentStore};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often the recent store is retried for activities it missed.
+const BACKFILL_EVERY: Duration = Duration::from_secs(1);
 /// Kernel send buffer per connection (Linux doubles it). Fixed rather than
 /// auto-tuned (up to 4 MiB) so that a watcher that stops reading pins a
 /// known, small amount of kernel memory; see `http::live`.
@@ -56,11 +60,6 @@ pub async fn run(
             "--scylla-nodes: the ScyllaDB backend is not in this build yet; unset it to use the embedded store"
         );
     }
-    if config.redis_url.is_some() {
-        bail!(
-            "--redis-url: the Redis backend is not in this build yet; unset it to keep recent positions in process"
-        );
-    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let embedded = EmbeddedStore::open(&config.data_dir)
@@ -71,7 +70,12 @@ pub async fn run(
         points: Arc::new(embedded.clone()),
     };
     let recent_memory = Arc::new(MemoryRecentStore::new());
-    let recent: Arc<dyn RecentStore> = recent_memory.clone();
+    let recent: Arc<dyn RecentStore> = match &config.redis_url {
+        Some(url) => {
+            Arc::new(RedisRecentStore::new(url, &config.redis_prefix).context("the Redis URL")?)
+        }
+        None => recent_memory.clone(),
+    };
 
     // Two signals: `closing` fires when shutdown starts (WebSockets, feeds
     // and the sweeper stop); `drain` fires once the HTTP server has finished
@@ -136,12 +140,22 @@ async fn sweep(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let mut retry = tokio::time::interval(BACKFILL_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let now = now_ms();
                 tracker.sweep(now);
                 recent.expire_idle(now);
+            }
+            _ = retry.tick() => {
+                if tracker.unpublished_len() == 0 {
+                    continue;
+                }
+                let caught_up = tracker.backfill().await;
+                if caught_up > 0 {
+                    tracing::info!(activities = caught_up, "recent positions back-filled");
+                }
             }
             _ = stopped(&mut stop) => return,
         }

@@ -137,6 +137,12 @@ fn event_json(entry: &LiveEntry) -> Option<Value> {
     }
 }
 
+/// `degraded` while the recent store cannot be read: the stream may lag
+/// behind what the athlete sent (it is persisted and will be back-filled).
+fn live_status(feed: &Feed) -> &'static str {
+    if feed.is_degraded() { "degraded" } else { "ok" }
+}
+
 fn is_final(state: ActivityState) -> bool {
     matches!(state, ActivityState::Complete | ActivityState::Discarded)
 }
@@ -239,6 +245,7 @@ async fn poll(
         "server_time": to_rfc3339(now),
         "lag_s": lag.seconds(),
         "retry_after_ms": retry_after_ms,
+        "live_status": live_status(&feed),
     })))
 }
 
@@ -366,6 +373,7 @@ async fn watch_socket(
         "cursor": cursor.map_or_else(|| "0-0".to_string(), |c| c.to_string()),
         "server_time": to_rfc3339(now),
         "lag_s": lag.seconds(),
+        "live_status": live_status(&feed),
     });
     // The catch-up may be larger than a normal message; it is the first one,
     // so the queue has room.
@@ -468,10 +476,12 @@ async fn friends_live(
             if !activity.is_live() || activity.visibility == Visibility::Private {
                 continue;
             }
+            // Without the recent store, list the activity without a position.
             let position = ctx
                 .recent
                 .latest_point(activity.id, now - DEFAULT_LAG_MS)
-                .await?;
+                .await
+                .unwrap_or_default();
             let snapshot = ctx.tracker.refresh(activity).await;
             if !snapshot.activity.is_live() {
                 continue;

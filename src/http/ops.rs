@@ -38,6 +38,12 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
     // Above 90% the node is about to refuse points: take it out of rotation.
     let queue_ok = queued * 10 < capacity * 9;
     let ready = store_ok && queue_ok;
+    // Recent positions only feed live watching: when they are down the node
+    // still ingests and persists, so it stays in rotation, reported degraded.
+    let recent_ok = matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), ctx.recent.health()).await,
+        Ok(Ok(()))
+    );
     let status = if ready {
         StatusCode::OK
     } else {
@@ -46,10 +52,15 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
     (
         status,
         Json(json!({
-            "status": if ready { "ready" } else { "not_ready" },
+            "status": match (ready, recent_ok) {
+                (false, _) => "not_ready",
+                (true, false) => "degraded",
+                (true, true) => "ready",
+            },
             "checks": {
                 "persistence": {"backend": "embedded", "status": if store_ok { "up" } else { "down" }},
-                "recent_positions": {"backend": "in_process", "status": "up"},
+                "recent_positions": {"backend": ctx.recent.backend(), "status": if recent_ok { "up" } else { "down" },
+                                     "unpublished_activities": ctx.tracker.unpublished_len()},
                 "write_queue": {"queued_points": queued, "capacity_points": capacity,
                                 "status": if queue_ok { "up" } else { "saturated" }},
             }

@@ -92,6 +92,10 @@ pub struct Tracker {
     store: Persistence,
     recent: Arc<dyn RecentStore>,
     batcher: WriteBehind,
+    /// Activities whose recent stream missed items (the recent store was
+    /// down), with the earliest point time it missed (`Millis::MAX` if it
+    /// missed only state or statistics). `backfill` re-publishes from there.
+    unpublished: DashMap<Uuid, Millis>,
 }
 
 impl Tracker {
@@ -101,6 +105,7 @@ impl Tracker {
             store,
             recent,
             batcher,
+            unpublished: DashMap::new(),
         }
     }
 
@@ -128,10 +133,80 @@ impl Tracker {
     /// logged, not returned: persistence is the source of truth and the
     /// caller's write already succeeded.
     async fn publish(&self, id: Uuid, items: Vec<RecentItem>) {
+        let earliest = items
+            .iter()
+            .filter_map(|i| match i {
+                RecentItem::Point(p) => Some(p.ts),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(Millis::MAX);
+        // Keep stream order: while an activity waits for back-fill, its new
+        // items join the back-fill instead of overtaking it.
+        if let Some(mut since) = self.unpublished.get_mut(&id) {
+            *since = (*since).min(earliest);
+            return;
+        }
         if let Err(e) = self.recent.append(id, &items).await {
             metrics::counter!("trailcast_recent_append_failures_total").increment(1);
-            tracing::warn!(error = %e, activity = %id, "recent positions not updated");
+            tracing::warn!(error = %e, activity = %id, "recent positions not updated; will back-fill");
+            self.unpublished
+                .entry(id)
+                .and_modify(|since| *since = (*since).min(earliest))
+                .or_insert(earliest);
         }
+    }
+
+    /// Re-publishes what the recent store missed while it was down: the
+    /// stored points from the earliest missed one on, then the current state
+    /// and statistics. Runs under the activity's lock, so ingest cannot
+    /// interleave. Returns how many activities were caught up.
+    pub async fn backfill(&self) -> usize {
+        let pending: Vec<Uuid> = self.unpublished.iter().map(|e| *e.key()).collect();
+        let mut done = 0;
+        for id in pending {
+            let Ok(hot) = self.load(id).await else {
+                continue;
+            };
+            let hot = hot.lock().await;
+            let Some(since) = self.unpublished.get(&id).map(|s| *s) else {
+                continue;
+            };
+            let mut items = Vec::new();
+            if since != Millis::MAX {
+                let Ok(track) = read_track(self.store.points.as_ref(), id).await else {
+                    continue;
+                };
+                items.extend(
+                    track
+                        .into_iter()
+                        .filter(|p| p.ts >= since)
+                        .map(RecentItem::Point),
+                );
+            }
+            let now = now_ms();
+            let last = hot
+                .activity
+                .events
+                .last()
+                .map_or(hot.activity.started_at, |e| e.at);
+            items.push(RecentItem::State {
+                state: hot.activity.state,
+                at: last,
+            });
+            items.push(RecentItem::Stats(hot.snapshot().stats(now)));
+            if self.recent.append(id, &items).await.is_ok() {
+                self.unpublished.remove(&id);
+                done += 1;
+            }
+        }
+        metrics::gauge!("trailcast_recent_unpublished_activities")
+            .set(self.unpublished.len() as f64);
+        done
+    }
+
+    pub fn unpublished_len(&self) -> usize {
+        self.unpublished.len()
     }
 
     /// The hot entry for an activity, rebuilt from persistence if needed.

@@ -18,7 +18,7 @@
 //! and served by the catch-up path).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -84,6 +84,9 @@ pub struct Feed {
     arrived: watch::Sender<u64>,
     watchers: AtomicUsize,
     touched: AtomicI64,
+    /// The last read of the recent store failed: watchers are told the
+    /// stream may be behind rather than getting errors.
+    degraded: AtomicBool,
 }
 
 impl Feed {
@@ -94,11 +97,22 @@ impl Feed {
             arrived: watch::channel(0).0,
             watchers: AtomicUsize::new(0),
             touched: AtomicI64::new(now_ms()),
+            degraded: AtomicBool::new(false),
         }
     }
 
     /// Reads what arrived since the last pull; returns how many entries.
     async fn pull(&self, recent: &dyn RecentStore) -> StoreResult<usize> {
+        let result = self.pull_pages(recent).await;
+        self.degraded.store(result.is_err(), Ordering::Release);
+        result
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    async fn pull_pages(&self, recent: &dyn RecentStore) -> StoreResult<usize> {
         let mut total = 0;
         loop {
             let after = self.window.read().expect("feed lock").last;
@@ -275,7 +289,10 @@ impl LiveHub {
             return Ok((feed.clone(), guard));
         }
         let fresh = Arc::new(Feed::new(activity));
-        fresh.pull(self.recent.as_ref()).await?;
+        if let Err(e) = fresh.pull(self.recent.as_ref()).await {
+            // Serve what persistence has; the feed's task keeps retrying.
+            tracing::warn!(error = %e, %activity, "live feed starts degraded");
+        }
         let (feed, guard) = match self.feeds.entry(activity) {
             dashmap::Entry::Occupied(existing) => {
                 let guard = claim(existing.get());

@@ -12,6 +12,7 @@
 pub mod embedded;
 pub mod recent;
 pub mod recent_memory;
+pub mod recent_redis;
 
 use std::sync::Arc;
 

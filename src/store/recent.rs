@@ -83,4 +83,13 @@ pub trait RecentStore: Send + Sync + 'static {
     /// The newest point entry that arrived at or before `until`.
     async fn latest_point(&self, activity: Uuid, until: Millis)
     -> StoreResult<Option<RecentEntry>>;
+
+    /// Whether the backend answers (for `/readyz`).
+    async fn health(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "in_process"
+    }
 }

@@ -9,5 +9,6 @@ mod history;
 mod live;
 mod ops;
 mod points;
+mod redis;
 mod stats;
 mod users;

@@ -1,0 +1,163 @@
+//! `RecentStore` on Redis: one capped stream per live activity.
+//!
+//! Keys (the `{…}` hash tag keeps an activity's keys on one Redis Cluster
+//! slot; `prefix` defaults to `tc:` and lets tests share a server):
+//!
+//! | key | type | contents | TTL |
+//! | --- | --- | --- | --- |
+//! | `<prefix>recent:{<activity_id>}` | stream | one field `i`: a JSON `RecentItem` | `RECENT_TTL_MS` after the last append |
+//!
+//! Stream ids are Redis's own `<ms>-<seq>` (the server's clock), which are
+//! exactly our `StreamCursor`s: every node releases the same entry at the
+//! same moment. `append` is one pipeline (`XADD … MAXLEN ~ RECENT_CAP` per
+//! item and a `PEXPIRE`), so an ingest request costs one round trip.
+//!
+//! Availability: the connection manager connects lazily and reconnects on
+//! its own; every call has a short response timeout, so when Redis is down
+//! ingest is delayed by at most that timeout and then carries on (the
+//! tracker records what it could not publish and back-fills it later).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use uuid::Uuid;
+
+use super::recent::{
+    RECENT_CAP, RECENT_TTL_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
+};
+use super::{StoreError, StoreResult};
+use crate::domain::time::Millis;
+
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct RedisRecentStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Backend(format!("redis: {e}"))
+    }
+}
+
+/// Raw XRANGE reply: entries of `[id, [field, value, ...]]`.
+type StreamReply = Vec<(String, Vec<String>)>;
+
+impl RedisRecentStore {
+    /// Does not connect: the first command does, so a node starts (and
+    /// ingests) while Redis is down.
+    pub fn new(url: &str, prefix: &str) -> StoreResult<RedisRecentStore> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(REDIS_TIMEOUT);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisRecentStore {
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn key(&self, activity: Uuid) -> String {
+        format!("{}recent:{{{activity}}}", self.prefix)
+    }
+
+    fn entries(reply: StreamReply) -> StoreResult<Vec<RecentEntry>> {
+        reply
+            .into_iter()
+            .map(|(id, fields)| {
+                let cursor: StreamCursor = id
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
+                let json = fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == "i")
+                    .and_then(|kv| kv.get(1))
+                    .ok_or_else(|| StoreError::Corrupt(format!("stream entry {id} has no item")))?;
+                let item = serde_json::from_str(json)
+                    .map_err(|e| StoreError::Corrupt(format!("stream entry {id}: {e}")))?;
+                Ok(RecentEntry { cursor, item })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl RecentStore for RedisRecentStore {
+    async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()> {
+        let key = self.key(activity);
+        let mut pipe = redis::pipe();
+        for item in items {
+            let json = serde_json::to_string(item)
+                .map_err(|e| StoreError::Corrupt(format!("item: {e}")))?;
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(RECENT_CAP)
+                .arg("*")
+                .arg("i")
+                .arg(json)
+                .ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(&key).arg(RECENT_TTL_MS).ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn since(
+        &self,
+        activity: Uuid,
+        after: Option<StreamCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<RecentEntry>> {
+        let start = after.map_or_else(|| "-".to_string(), |c| format!("({c}"));
+        let mut conn = self.conn.clone();
+        let reply: StreamReply = redis::cmd("XRANGE")
+            .arg(self.key(activity))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        Self::entries(reply)
+    }
+
+    async fn latest_point(
+        &self,
+        activity: Uuid,
+        until: Millis,
+    ) -> StoreResult<Option<RecentEntry>> {
+        let mut conn = self.conn.clone();
+        // Each points request ends with one stats entry, so a point is
+        // among the newest few entries unless only state changes followed.
+        let reply: StreamReply = redis::cmd("XREVRANGE")
+            .arg(self.key(activity))
+            .arg(until.max(0))
+            .arg("-")
+            .arg("COUNT")
+            .arg(32)
+            .query_async(&mut conn)
+            .await?;
+        Ok(Self::entries(reply)?
+            .into_iter()
+            .find(|e| matches!(e.item, RecentItem::Point(_))))
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}

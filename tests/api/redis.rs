@@ -1,0 +1,252 @@
+//! The recent-positions contract on both backends, and a node riding out a
+//! Redis outage. Needs a Redis on 127.0.0.1:6379 (scripts/test starts one)
+//! and the `redis-server` binary for the outage test.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use trailcast::domain::{ActivityState, Point};
+use trailcast::store::recent::RECENT_CAP;
+use trailcast::store::recent_memory::MemoryRecentStore;
+use trailcast::store::recent_redis::RedisRecentStore;
+use trailcast::store::{RecentItem, RecentStore};
+
+use crate::helpers::{now_ms, spawn_app_with};
+
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+fn prefix() -> String {
+    format!("tc-test-{}:", Uuid::now_v7())
+}
+
+fn p(ts: i64) -> Point {
+    Point {
+        ts,
+        lat: 48.0,
+        lng: 11.0,
+        alt: Some(500.0),
+        speed: None,
+        accuracy: Some(3.0),
+        hr: Some(150),
+        cadence: None,
+    }
+}
+
+async fn recent_contract(store: &dyn RecentStore) {
+    let a = Uuid::now_v7();
+    assert!(
+        store.since(a, None, 10).await.unwrap().is_empty(),
+        "unknown activity has an empty stream"
+    );
+    let items = vec![
+        RecentItem::State {
+            state: ActivityState::Started,
+            at: 1_000,
+        },
+        RecentItem::Point(p(2_000)),
+        RecentItem::Point(p(1_500)),
+    ];
+    store.append(a, &items).await.unwrap();
+    store
+        .append(a, &[RecentItem::Point(p(3_000))])
+        .await
+        .unwrap();
+    let all = store.since(a, None, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.item.clone()).collect::<Vec<_>>(),
+        [items.clone(), vec![RecentItem::Point(p(3_000))]].concat()
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].cursor < w[1].cursor),
+        "cursors grow"
+    );
+    let now = now_ms();
+    assert!(
+        all.iter().all(|e| (now - e.cursor.ms).abs() < 5_000),
+        "cursors are arrival times"
+    );
+    let after_second = store.since(a, Some(all[1].cursor), 100).await.unwrap();
+    assert_eq!(after_second, all[2..].to_vec(), "since is exclusive");
+    assert_eq!(
+        store.since(a, None, 2).await.unwrap(),
+        all[..2].to_vec(),
+        "limit"
+    );
+    let latest = store.latest_point(a, now + 1_000).await.unwrap().unwrap();
+    assert_eq!(latest.item, RecentItem::Point(p(3_000)));
+    assert_eq!(
+        store.latest_point(a, all[0].cursor.ms - 1).await.unwrap(),
+        None,
+        "nothing arrived by then"
+    );
+
+    let b = Uuid::now_v7();
+    let many: Vec<RecentItem> = (0..RECENT_CAP as i64 + 500)
+        .map(|i| RecentItem::Point(p(i)))
+        .collect();
+    store.append(b, &many).await.unwrap();
+    let kept = store.since(b, None, usize::MAX >> 1).await.unwrap();
+    // Redis trims with `MAXLEN ~` (whole macro nodes), so allow its slack.
+    assert!(
+        kept.len() >= RECENT_CAP && kept.len() < RECENT_CAP + 200,
+        "{} kept",
+        kept.len()
+    );
+    assert_eq!(
+        kept.last().unwrap().item,
+        *many.last().unwrap(),
+        "the newest are kept"
+    );
+    store.health().await.unwrap();
+}
+
+#[tokio::test]
+async fn recent_positions_contract_in_process() {
+    recent_contract(&MemoryRecentStore::new()).await;
+}
+
+#[tokio::test]
+async fn recent_positions_contract_on_redis() {
+    let store = RedisRecentStore::new(SHARED_REDIS, &prefix()).unwrap();
+    if let Err(e) = store.health().await {
+        panic!("no Redis at {SHARED_REDIS} ({e}); scripts/test starts one");
+    }
+    recent_contract(&store).await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_redis(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server is installed (scripts/test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+#[tokio::test]
+async fn ingest_survives_a_redis_outage_and_watchers_catch_up_after_it() {
+    let port = free_port();
+    let mut redis = start_redis(port).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app_with(|c| c.redis_url = Some(url.clone())).await;
+    let ann = app.user("Ann").await;
+    let t0 = now_ms() - 60_000;
+    let id = app
+        .start(&ann, json!({"type": "RUN", "started_at": t0}))
+        .await;
+    let pt = |i: i64| json!({"ts": t0 + i * 1000, "lat": 48.0 + i as f64 * 1e-4, "lng": 11.0});
+    assert_eq!(app.post_points(&ann, &id, pt(1)).await.0, StatusCode::OK);
+    let (_, ready) = app.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(
+        (
+            ready["status"].as_str(),
+            ready["checks"]["recent_positions"]["backend"].as_str()
+        ),
+        (Some("ready"), Some("redis"))
+    );
+
+    redis.start_kill().unwrap();
+    redis.wait().await.unwrap();
+    for i in 2..6 {
+        let (status, body) = app.post_points(&ann, &id, pt(i)).await;
+        assert_eq!(
+            (status, body["accepted"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "ingest goes on: {body}"
+        );
+    }
+    let (status, ready) = app.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["checks"]["recent_positions"]["status"], "down");
+    let (status, live) = app
+        .get(&format!("/v1/activities/{id}/live?lag=5"), &ann.token)
+        .await;
+    assert_eq!(
+        (status, live["live_status"].as_str()),
+        (StatusCode::OK, Some("degraded")),
+        "{live}"
+    );
+    let (_, route) = app
+        .get(&format!("/v1/activities/{id}/route"), &ann.token)
+        .await;
+    assert_eq!(
+        route["points"].as_array().unwrap().len(),
+        5,
+        "persisted while Redis was down"
+    );
+
+    let _redis = start_redis(port).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, ready) = app.call(reqwest::Method::GET, "/readyz", None, None).await;
+        if ready["status"] == "ready"
+            && ready["checks"]["recent_positions"]["unpublished_activities"] == 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The back-filled stream reaches watchers once their lag has passed.
+    let store = RedisRecentStore::new(&url, "tc:").unwrap();
+    let stream = store.since(id.parse().unwrap(), None, 100).await.unwrap();
+    let points: Vec<i64> = stream
+        .iter()
+        .filter_map(|e| match &e.item {
+            RecentItem::Point(p) => Some(p.ts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        points,
+        (2..6).map(|i| t0 + i * 1000).collect::<Vec<_>>(),
+        "missed points re-published in order"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, live) = app
+            .get(&format!("/v1/activities/{id}/live?lag=5"), &ann.token)
+            .await;
+        if live["live_status"] == "ok" && live["points"].as_array().unwrap().len() == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watchers never caught up: {live}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -38,6 +38,7 @@ use http::ApiContext;
 use ingest::Tracker;
 use ingest::batcher::{BatcherConfig, WriteBehind};
 use store::embedded::EmbeddedStore;
+use store::leaderboard::{Leaderboard, MemoryLeaderboard, RedisLeaderboard};
 use store::recent_memory::MemoryRecentStore;
 use store::recent_redis::RedisRecentStore;
 use store::{Persistence, RecentStore};
@@ -70,12 +71,19 @@ pub async fn run(
         points: Arc::new(embedded.clone()),
     };
     let recent_memory = Arc::new(MemoryRecentStore::new());
-    let recent: Arc<dyn RecentStore> = match &config.redis_url {
-        Some(url) => {
-            Arc::new(RedisRecentStore::new(url, &config.redis_prefix).context("the Redis URL")?)
-        }
-        None => recent_memory.clone(),
-    };
+    let (recent, leaderboard): (Arc<dyn RecentStore>, Arc<dyn Leaderboard>) =
+        match &config.redis_url {
+            Some(url) => {
+                let redis =
+                    RedisRecentStore::new(url, &config.redis_prefix).context("the Redis URL")?;
+                let board = RedisLeaderboard::new(redis.connection(), &config.redis_prefix);
+                (Arc::new(redis), Arc::new(board))
+            }
+            None => (
+                recent_memory.clone(),
+                Arc::new(MemoryLeaderboard::default()),
+            ),
+        };
 
     // Two signals: `closing` fires when shutdown starts (WebSockets, feeds
     // and the sweeper stop); `drain` fires once the HTTP server has finished
@@ -90,7 +98,12 @@ pub async fn run(
         },
         drain_rx,
     );
-    let tracker = Arc::new(Tracker::new(store.clone(), recent.clone(), batcher.clone()));
+    let tracker = Arc::new(Tracker::new(
+        store.clone(),
+        recent.clone(),
+        batcher.clone(),
+        leaderboard.clone(),
+    ));
     let sweeper = tokio::spawn(sweep(tracker.clone(), recent_memory, closing_rx.clone()));
 
     let ctx = ApiContext {
@@ -100,6 +113,7 @@ pub async fn run(
         batcher,
         metrics: telemetry::metrics_handle(),
         live: live::LiveHub::new(recent.clone(), closing_rx.clone()),
+        leaderboard,
         shutdown: closing_rx,
     };
     let app = http::router(ctx);

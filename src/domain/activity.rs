@@ -71,6 +71,9 @@ pub struct Activity {
     pub events: Vec<Event>,
     #[serde(default)]
     pub track: TrackSummary,
+    /// Metres this activity has added to the leaderboards so far.
+    #[serde(default)]
+    pub leaderboard_m: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +118,7 @@ impl Activity {
                 at: started_at,
             }],
             track: TrackSummary::default(),
+            leaderboard_m: 0.0,
         }
     }
 

@@ -10,6 +10,7 @@ mod activities;
 mod auth;
 mod error;
 mod friends;
+mod leaderboards;
 mod live;
 mod ops;
 mod points;
@@ -52,6 +53,7 @@ pub struct ApiContext {
     pub batcher: WriteBehind,
     pub metrics: PrometheusHandle,
     pub live: Arc<LiveHub>,
+    pub leaderboard: Arc<dyn crate::store::leaderboard::Leaderboard>,
     /// Set to `true` when the server is shutting down (WebSockets close).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -64,6 +66,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(points::router())
         .merge(live::router())
         .merge(shares::router())
+        .merge(leaderboards::router())
         .route_layer(middleware::from_fn(record_metrics))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound })

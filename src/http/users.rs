@@ -24,6 +24,7 @@ pub fn router() -> Router<ApiContext> {
 #[derive(Deserialize)]
 struct NewUser {
     name: String,
+    region: Option<String>,
 }
 
 async fn create_user(
@@ -37,10 +38,24 @@ async fn create_user(
             format!("name must be 1 to {MAX_NAME_CHARS} characters"),
         ));
     }
+    let region = body
+        .region
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    if region
+        .as_ref()
+        .is_some_and(|r| r.len() > 32 || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    {
+        return Err(ApiError::invalid(
+            "invalid_region",
+            "region must be up to 32 letters, digits or dashes (e.g. DE-BE)",
+        ));
+    }
     let user = User {
         id: Uuid::now_v7(),
         name: name.to_string(),
         created_at: now_ms(),
+        region,
     };
     let token = new_token();
     ctx.store
@@ -49,10 +64,23 @@ async fn create_user(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": user.id, "name": user.name, "token": token})),
+        Json(with_region(
+            json!({"id": user.id, "name": user.name, "token": token}),
+            &user,
+        )),
     ))
 }
 
 async fn me(AuthUser(user): AuthUser) -> Json<Value> {
-    Json(json!({"id": user.id, "name": user.name}))
+    Json(with_region(
+        json!({"id": user.id, "name": user.name}),
+        &user,
+    ))
+}
+
+fn with_region(mut body: Value, user: &User) -> Value {
+    if let Some(region) = &user.region {
+        body["region"] = Value::String(region.clone());
+    }
+    body
 }

@@ -31,6 +31,7 @@ use crate::domain::track::TrackSummary;
 use crate::domain::{
     Activity, ActivityState, Point, PointInput, RejectCode, TrackAccumulator, TransitionError,
 };
+use crate::store::leaderboard::{Board, Leaderboard};
 use crate::store::{Persistence, RecentItem, RecentStore, StoreError, read_track};
 use batcher::{QueueFull, WriteBehind};
 
@@ -92,6 +93,7 @@ pub struct Tracker {
     store: Persistence,
     recent: Arc<dyn RecentStore>,
     batcher: WriteBehind,
+    leaderboard: Arc<dyn Leaderboard>,
     /// Activities whose recent stream missed items (the recent store was
     /// down), with the earliest point time it missed (`Millis::MAX` if it
     /// missed only state or statistics). `backfill` re-publishes from there.
@@ -99,12 +101,18 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(store: Persistence, recent: Arc<dyn RecentStore>, batcher: WriteBehind) -> Self {
+    pub fn new(
+        store: Persistence,
+        recent: Arc<dyn RecentStore>,
+        batcher: WriteBehind,
+        leaderboard: Arc<dyn Leaderboard>,
+    ) -> Self {
         Tracker {
             hot: DashMap::new(),
             store,
             recent,
             batcher,
+            leaderboard,
             unpublished: DashMap::new(),
         }
     }
@@ -127,6 +135,43 @@ impl Tracker {
         self.publish(snapshot.activity.id, vec![started, stats])
             .await;
         Ok(snapshot)
+    }
+
+    /// Brings a completed activity's leaderboard contribution up to its
+    /// distance by adding only the difference (see `store::leaderboard`).
+    /// If the leaderboard is unavailable the difference stays owed and is
+    /// added by the next completion retry or late point.
+    async fn count_on_leaderboards(&self, activity: &mut Activity) {
+        if activity.state != ActivityState::Complete {
+            return;
+        }
+        let delta = activity.track.distance_m - activity.leaderboard_m;
+        if delta.abs() < 0.05 {
+            return;
+        }
+        let region = match self.store.users.user(activity.athlete_id).await {
+            Ok(user) => user.and_then(|u| u.region),
+            Err(e) => {
+                tracing::warn!(error = %e, "leaderboard update postponed");
+                return;
+            }
+        };
+        let boards = Board::all_for(
+            activity.activity_type,
+            activity.started_at,
+            region.as_deref(),
+        );
+        match self
+            .leaderboard
+            .add(&boards, activity.athlete_id, delta)
+            .await
+        {
+            Ok(()) => activity.leaderboard_m = activity.track.distance_m,
+            Err(e) => {
+                metrics::counter!("trailcast_leaderboard_failures_total").increment(1);
+                tracing::warn!(error = %e, activity = %activity.id, "leaderboard update postponed");
+            }
+        }
     }
 
     /// Appends to the activity's recent stream for watchers. A failure is
@@ -273,6 +318,13 @@ impl Tracker {
         let now = now_ms();
         let mut next = hot.activity.clone();
         if next.transition(to, at.unwrap_or(now), now)? == Transition::AlreadyThere {
+            // A retried COMPLETE settles a leaderboard difference still owed.
+            let owed = next.leaderboard_m;
+            self.count_on_leaderboards(&mut next).await;
+            if next.leaderboard_m != owed {
+                self.store.activities.put_activity(&next).await?;
+                hot.activity = next;
+            }
             return Ok(hot.snapshot());
         }
         let acc = if to == ActivityState::Complete {
@@ -282,6 +334,7 @@ impl Tracker {
             hot.acc.clone()
         };
         next.track = acc.summary();
+        self.count_on_leaderboards(&mut next).await;
         self.store.activities.put_activity(&next).await?;
         hot.activity = next;
         hot.acc = acc;
@@ -360,6 +413,7 @@ impl Tracker {
                 // Late points after the finish (offline sync): keep the
                 // stored summary in step with the track.
                 hot.activity.track = hot.acc.summary();
+                self.count_on_leaderboards(&mut hot.activity).await;
                 self.store.activities.put_activity(&hot.activity).await?;
             }
             let snapshot = hot.snapshot();

@@ -10,6 +10,7 @@
 //! (a partition is what one query reads, in clustering order).
 
 pub mod embedded;
+pub mod leaderboard;
 pub mod recent;
 pub mod recent_memory;
 pub mod recent_redis;
@@ -41,6 +42,9 @@ pub struct User {
     pub name: String,
     #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
     pub created_at: Millis,
+    /// Where the athlete competes on regional leaderboards (e.g. `DE-BE`).
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 #[async_trait]

@@ -63,6 +63,11 @@ impl RedisRecentStore {
         })
     }
 
+    /// The shared connection, for other Redis-backed stores.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     fn key(&self, activity: Uuid) -> String {
         format!("{}recent:{{{activity}}}", self.prefix)
     }

@@ -6,6 +6,7 @@ mod durability;
 mod errors;
 mod helpers;
 mod history;
+mod leaderboards;
 mod live;
 mod ops;
 mod points;

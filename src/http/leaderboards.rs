@@ -1,0 +1,66 @@
+//! `GET /v1/leaderboards/{type}?window=week|month|all&region=&limit=`: the
+//! top athletes by distance on the current period's board, and the caller's
+//! own rank. See `store::leaderboard` for how activities count.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiContext, ApiError, AuthUser};
+use crate::domain::ActivityType;
+use crate::domain::time::now_ms;
+use crate::store::leaderboard::{Board, Window};
+
+pub const DEFAULT_LIMIT: usize = 10;
+pub const MAX_LIMIT: usize = 100;
+
+pub fn router() -> Router<ApiContext> {
+    Router::new().route("/v1/leaderboards/{activity_type}", get(leaderboard))
+}
+
+#[derive(Deserialize)]
+struct BoardQuery {
+    window: Option<String>,
+    region: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn leaderboard(
+    State(ctx): State<ApiContext>,
+    AuthUser(me): AuthUser,
+    Path(activity_type): Path<String>,
+    Query(q): Query<BoardQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let activity_type: ActivityType =
+        serde_json::from_value(Value::String(activity_type.to_uppercase()))
+            .map_err(|_| ApiError::NotFound)?;
+    let window = Window::parse(q.window.as_deref().unwrap_or("week"))
+        .ok_or_else(|| ApiError::BadRequest("window must be week, month or all".into()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_LIMIT}"
+        )));
+    }
+    let board = Board::new(activity_type, window, now_ms(), q.region.as_deref());
+    let top = ctx.leaderboard.top(&board, limit).await?;
+    let mut items = Vec::with_capacity(top.len());
+    for (i, (athlete, distance_m)) in top.into_iter().enumerate() {
+        let name = ctx.store.users.user(athlete).await?.map(|u| u.name);
+        items.push(json!({
+            "rank": i + 1,
+            "athlete": {"id": athlete, "name": name},
+            "distance_m": (distance_m * 10.0).round() / 10.0,
+        }));
+    }
+    let mine = ctx.leaderboard.rank(&board, me.id).await?;
+    Ok(Json(json!({
+        "board": board.name(),
+        "window": q.window.as_deref().unwrap_or("week"),
+        "period": board.period,
+        "items": items,
+        "me": mine.map(|(rank, d)| json!({"rank": rank, "distance_m": (d * 10.0).round() / 10.0})),
+    })))
+}

@@ -5,8 +5,8 @@
 //! their SHA-256, so a copy of the database does not hold usable tokens.
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
 use super::{ApiContext, ApiError};
@@ -29,21 +29,29 @@ pub fn new_token() -> String {
     token
 }
 
+/// The token of an `Authorization: Bearer` header, if any.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The user a token belongs to, or `Unauthorized`.
+pub async fn user_for_token(ctx: &ApiContext, token: &str) -> Result<User, ApiError> {
+    ctx.store
+        .users
+        .user_by_token(hash_token(token))
+        .await?
+        .ok_or(ApiError::Unauthorized)
+}
+
 impl FromRequestParts<ApiContext> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        let user = ctx
-            .store
-            .users
-            .user_by_token(hash_token(token.trim()))
-            .await?;
-        user.map(AuthUser).ok_or(ApiError::Unauthorized)
+        let token = bearer_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        user_for_token(ctx, token).await.map(AuthUser)
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -34,6 +34,7 @@ use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
 use super::activities::{ActivityView, can_view};
+use super::auth::{bearer_token, user_for_token};
 use super::{ApiContext, ApiError, AuthUser, hash_token};
 use crate::domain::time::{Millis, now_ms, to_rfc3339};
 use crate::domain::{ActivityState, Visibility};
@@ -79,18 +80,8 @@ async fn authorize(
     q: &LiveQuery,
     id: Uuid,
 ) -> Result<(Viewer, ActivitySnapshot), ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(q.token.as_deref());
-    if let Some(token) = bearer {
-        let user = ctx
-            .store
-            .users
-            .user_by_token(hash_token(token.trim()))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+    if let Some(token) = bearer_token(headers).or(q.token.as_deref()) {
+        let user = user_for_token(ctx, token).await?;
         let snapshot = ctx.tracker.snapshot(id).await?;
         if !can_view(ctx, &user, &snapshot.activity).await? {
             return Err(ApiError::NotFound);

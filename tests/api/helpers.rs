@@ -113,6 +113,19 @@ impl TestApp {
         (status, value)
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(token), None).await
     }
@@ -181,4 +194,14 @@ pub fn track(t0: i64, n: usize, every_ms: i64, speed: f64) -> Vec<Value> {
             json!({"ts": t0 + t, "lat": 48.0 + (t as f64 / 1000.0) * speed * deg_per_m, "lng": 11.0})
         })
         .collect()
+}
+
+/// The value of the first sample of `name` in Prometheus text (the recorder
+/// is shared by every server in the test process, so tests compare deltas
+/// or lower bounds).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

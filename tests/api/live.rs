@@ -12,7 +12,7 @@ use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::helpers::{TestApp, TestUser, now_ms, spawn_app};
+use crate::helpers::{TestApp, TestUser, metric, now_ms, spawn_app};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -401,14 +401,6 @@ async fn a_thousand_watchers_of_one_activity_all_receive_every_point() {
     );
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn a_watcher_that_never_reads_is_dropped_instead_of_growing_memory() {
     let app = spawn_app().await;
@@ -417,18 +409,9 @@ async fn a_watcher_that_never_reads_is_dropped_instead_of_growing_memory() {
     let id = app
         .start(&ann, json!({"type": "RIDE", "started_at": t0}))
         .await;
-    let metrics_url = format!("{}/metrics", app.base);
-    let dropped_before = metric(
-        &app.client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "trailcast_live_slow_watchers_dropped_total",
-    );
+    let dropped =
+        |text: &str| metric(text, "trailcast_live_slow_watchers_dropped_total").unwrap_or(0.0);
+    let dropped_before = dropped(&app.metrics().await);
 
     // A client with a tiny receive window that completes the handshake and
     // then never reads again.
@@ -479,16 +462,8 @@ async fn a_watcher_that_never_reads_is_dropped_instead_of_growing_memory() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = app
-            .client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&text, "trailcast_live_slow_watchers_dropped_total") > dropped_before {
+        let text = app.metrics().await;
+        if dropped(&text) > dropped_before {
             break;
         }
         assert!(

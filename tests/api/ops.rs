@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{now_ms, spawn_app};
+use crate::helpers::{metric, now_ms, spawn_app};
 
 #[tokio::test]
 async fn health_and_readiness_report_each_dependency() {
@@ -25,23 +25,11 @@ async fn metrics_count_points_and_time_routes() {
         {"ts": now, "lat": 1, "lng": 1}, {"ts": now, "lat": 1, "lng": 1}, {"ts": now, "lat": 100, "lng": 1}
     ]}))
     .await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     // The recorder is shared by every server in this test process, so check
     // that series exist and count at least what this test did.
     let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+        metric(&text, name).unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
     };
     assert!(value("trailcast_points_accepted_total") >= 1.0);
     assert!(value("trailcast_points_duplicate_total") >= 1.0);
@@ -68,14 +56,6 @@ async fn the_noop_baseline_parses_the_body_and_stores_nothing() {
     assert_eq!((status, body), (StatusCode::OK, json!({"accepted": 2})));
     let (status, _) = app.call(Method::POST, "/v1/noop", None, None).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(text.contains("trailcast_process_resident_bytes"));
 }

@@ -14,8 +14,8 @@
 //!
 //! An activity nobody watches has no feed and costs nothing here. A feed
 //! whose last watcher left `FEED_IDLE` ago stops and is removed. Bounds: a
-//! feed keeps at most `RECENT_CAP` entries (older history is in persistence
-//! and served by the catch-up path).
+//! feed keeps the last `RECENT_WINDOW_MS` of entries, at most `RECENT_CAP`
+//! (older history is in persistence and served by the catch-up path).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::domain::time::{Millis, now_ms};
 use crate::domain::{ActivityState, Stats};
-use crate::store::recent::RECENT_CAP;
+use crate::store::recent::{RECENT_CAP, RECENT_WINDOW_MS};
 use crate::store::{RecentItem, RecentStore, StoreResult, StreamCursor};
 
 pub const TICK: Duration = Duration::from_millis(250);
@@ -136,7 +136,10 @@ impl Feed {
                         late,
                     });
                 }
-                while w.entries.len() > RECENT_CAP {
+                let oldest_kept = w.last.map_or(0, |c| c.ms) - RECENT_WINDOW_MS;
+                while w.entries.len() > RECENT_CAP
+                    || w.entries.front().is_some_and(|e| e.cursor.ms < oldest_kept)
+                {
                     w.entries.pop_front();
                 }
             }

@@ -18,11 +18,14 @@ use super::StoreResult;
 use crate::domain::time::{Millis, deserialize_ms, serialize_ms};
 use crate::domain::{ActivityState, Point, Stats};
 
-/// Entries kept per activity: about 1 h 40 min at one fix every 3 s (each
-/// points request also adds a statistics entry). Older
-/// points are still in persistence; watchers catching up read them there.
-pub const RECENT_CAP: usize = 4_096;
-/// An activity whose stream got nothing new for this long is forgotten.
+/// How much of a stream is kept: entries older than this (relative to the
+/// newest) are trimmed. Watchers only need what their lag (at most 10 s) and
+/// a poll's slack cover; a watcher catching up reads older history from
+/// persistence. Time, not count, so a burst (an offline upload of 10,000
+/// points) reaches watchers whole while a steady stream stays small.
+pub const RECENT_WINDOW_MS: Millis = 60_000;
+/// Hard bound on entries per stream, whatever the rate.
+pub const RECENT_CAP: usize = 16_384;
 pub const RECENT_TTL_MS: Millis = 60 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,6 +1,7 @@
 //! In-process `RecentStore`: a `DashMap` of capped ring buffers.
 //!
-//! Bounded on both axes: each stream holds at most `RECENT_CAP` entries, and
+//! Bounded on both axes: each stream holds the last `RECENT_WINDOW_MS` of
+//! entries (at most `RECENT_CAP`), and
 //! `expire_idle` (run by the server's sweeper) drops streams untouched for
 //! `RECENT_TTL_MS`, so finished or abandoned activities cost nothing later.
 
@@ -12,7 +13,7 @@ use uuid::Uuid;
 
 use super::StoreResult;
 use super::recent::{
-    RECENT_CAP, RECENT_TTL_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
+    RECENT_CAP, RECENT_TTL_MS, RECENT_WINDOW_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
 };
 use crate::domain::time::{Millis, now_ms};
 
@@ -75,7 +76,13 @@ impl RecentStore for MemoryRecentStore {
                 item: item.clone(),
             });
         }
-        while stream.entries.len() > RECENT_CAP {
+        let oldest_kept = stream.last.ms - RECENT_WINDOW_MS;
+        while stream.entries.len() > RECENT_CAP
+            || stream
+                .entries
+                .front()
+                .is_some_and(|e| e.cursor.ms < oldest_kept)
+        {
             stream.entries.pop_front();
         }
         Ok(())

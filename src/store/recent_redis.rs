@@ -9,8 +9,10 @@
 //!
 //! Stream ids are Redis's own `<ms>-<seq>` (the server's clock), which are
 //! exactly our `StreamCursor`s: every node releases the same entry at the
-//! same moment. `append` is one pipeline (`XADD … MAXLEN ~ RECENT_CAP` per
-//! item and a `PEXPIRE`), so an ingest request costs one round trip.
+//! same moment. `append` is one pipeline (`XADD … MINID ~ <now - 60 s>` per
+//! item, an `XTRIM MAXLEN ~ RECENT_CAP` as a hard bound and a `PEXPIRE`), so
+//! an ingest request costs one round trip and a steady stream keeps about a
+//! minute of entries.
 //!
 //! Availability: the connection manager connects lazily and reconnects on
 //! its own; every call has a short response timeout, so when Redis is down
@@ -24,10 +26,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
 use super::recent::{
-    RECENT_CAP, RECENT_TTL_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
+    RECENT_CAP, RECENT_TTL_MS, RECENT_WINDOW_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
 };
 use super::{StoreError, StoreResult};
-use crate::domain::time::Millis;
+use crate::domain::time::{Millis, now_ms};
 
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -96,20 +98,29 @@ impl RedisRecentStore {
 impl RecentStore for RedisRecentStore {
     async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()> {
         let key = self.key(activity);
+        // MINID trims by time (ids are arrival ms); the node's clock stands
+        // in for Redis's, close enough for a 60 s window.
+        let min_id = now_ms() - RECENT_WINDOW_MS;
         let mut pipe = redis::pipe();
         for item in items {
             let json = serde_json::to_string(item)
                 .map_err(|e| StoreError::Corrupt(format!("item: {e}")))?;
             pipe.cmd("XADD")
                 .arg(&key)
-                .arg("MAXLEN")
+                .arg("MINID")
                 .arg("~")
-                .arg(RECENT_CAP)
+                .arg(min_id)
                 .arg("*")
                 .arg("i")
                 .arg(json)
                 .ignore();
         }
+        pipe.cmd("XTRIM")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(RECENT_CAP)
+            .ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(RECENT_TTL_MS).ignore();
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;

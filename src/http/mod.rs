@@ -16,6 +16,7 @@ mod ops;
 mod points;
 mod shares;
 mod users;
+mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +70,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(leaderboards::router())
         .route_layer(middleware::from_fn(record_metrics))
         .merge(ops::router())
+        .merge(web::router())
         .fallback(|| async { ApiError::NotFound })
         .with_state(ctx)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

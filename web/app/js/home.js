@@ -1,0 +1,85 @@
+// Home: sign-up / sign-in, friends live now, my and friends' activities
+// (paged with next_cursor), adding a friend.
+
+import { api, token, me, signIn, signUp, signOut, el, fmtDistance, fmtDuration, fmtDate, renderHeader, registerServiceWorker } from './api.js';
+
+const $ = (id) => document.getElementById(id);
+
+const names = new Map();
+
+function activityItem(a, extra) {
+  const live = a.state === 'STARTED' || a.state === 'PAUSED';
+  return el('li', {},
+    el('a', { href: `/activity.html?id=${a.id}` }, `${a.type} · ${fmtDate(a.started_at)}`),
+    names.has(a.athlete_id) ? el('span', {}, names.get(a.athlete_id)) : '',
+    el('span', {}, fmtDistance(a.stats.distance_m)),
+    el('span', { class: 'muted' }, fmtDuration(a.stats.moving_time_s)),
+    live ? el('a', { class: 'badge', href: `/watch.html?activity=${a.id}` }, a.state === 'PAUSED' ? 'paused · watch' : 'live · watch') : '',
+    extra || '');
+}
+
+function pager(mode) {
+  let cursor = null;
+  const list = $(mode), more = $(`${mode}-more`);
+  async function load() {
+    const q = new URLSearchParams({ mode, limit: '10' });
+    if (cursor) q.set('cursor', cursor);
+    const page = await api(`/v1/activities?${q}`);
+    if (!cursor && !page.items.length) list.append(el('li', { class: 'muted' }, 'No activities yet.'));
+    for (const a of page.items) list.append(activityItem(a));
+    cursor = page.next_cursor;
+    more.hidden = !cursor;
+  }
+  more.addEventListener('click', () => load().catch(showError));
+  return load();
+}
+
+async function loadLive() {
+  const { items } = await api('/v1/live');
+  const list = $('live');
+  if (!items.length) return;
+  list.replaceChildren(...items.map(({ activity }) => activityItem(activity)));
+}
+
+function showError(e) { $('auth-error').textContent = e.message || String(e); }
+
+async function showSignedIn() {
+  $('auth').hidden = true;
+  $('signed-in').hidden = false;
+  $('my-id').textContent = me()?.id || '';
+  const { items } = await api('/v1/friends');
+  for (const f of items) names.set(f.id, f.name);
+  await Promise.all([loadLive(), pager('mine'), pager('friends')]);
+}
+
+$('signup').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  try {
+    const user = await signUp(new FormData(ev.target).get('name'));
+    const p = $('new-token');
+    p.querySelector('code').textContent = user.token;
+    p.hidden = false;
+    $('signup').hidden = true;
+    $('signin').hidden = true;
+    p.append(' ', el('a', { class: 'button', href: '/' }, 'Continue'));
+  } catch (e) { showError(e); }
+});
+
+$('signin').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  try { await signIn(new FormData(ev.target).get('token')); location.reload(); } catch (e) { showError(e.status === 401 ? new Error('That token is not valid.') : e); }
+});
+
+$('sign-out').addEventListener('click', () => { signOut(); location.reload(); });
+
+$('add-friend').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  try {
+    const r = await api(`/v1/friends/${encodeURIComponent(new FormData(ev.target).get('id').trim())}`, { method: 'PUT' });
+    $('friend-status').textContent = r.status === 'friends' ? 'You are friends.' : 'Asked; friends once they add you too.';
+  } catch (e) { $('friend-status').textContent = e.message; }
+});
+
+renderHeader();
+registerServiceWorker();
+if (token()) showSignedIn().catch((e) => { if (e.status === 401) { signOut(); location.reload(); } else showError(e); });

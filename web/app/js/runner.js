@@ -1,0 +1,162 @@
+// Runner page (the phone client): start, pause, resume, finish.
+//
+// Positions come from navigator.geolocation.watchPosition and go straight
+// into the IndexedDB outbox (outbox.js); every FLUSH_MS the outbox is sent
+// in {points: [...]} batches and acknowledged points are deleted. Offline,
+// points simply wait; the 'online' event flushes at once. The session
+// (activity id, state) lives in localStorage, so a reload picks up where it
+// was. State changes are sent with the time they happened (`at`) and
+// retried until the server takes them.
+
+import { api, token, fmtDistance, fmtDuration, el, renderHeader, registerServiceWorker } from './api.js';
+import * as outbox from './outbox.js';
+
+const FLUSH_MS = 3000;
+const SESSION_KEY = 'trailcast.session';
+const $ = (id) => document.getElementById(id);
+
+let session = load();
+let watchId = null;
+let flushing = false;
+
+/** Test hook and debugging aid. */
+const view = { recorded: [], uploaded: 0, rejected: 0, pending: 0, flushes: 0, errors: 0 };
+window.__trailcast = view;
+
+function load() { try { return JSON.parse(localStorage.getItem(SESSION_KEY)); } catch { return null; } }
+function save() { session ? localStorage.setItem(SESSION_KEY, JSON.stringify(session)) : localStorage.removeItem(SESSION_KEY); }
+
+function render() {
+  const st = session?.state;
+  const canStart = !session || (st === 'COMPLETE' && !view.pending && !session.changes?.length);
+  $('start').hidden = !canStart;
+  $('type').disabled = !canStart;
+  $('pause').hidden = st !== 'STARTED';
+  $('resume').hidden = st !== 'PAUSED';
+  $('finish').hidden = !(st === 'STARTED' || st === 'PAUSED');
+  const badge = $('badge');
+  badge.hidden = !session;
+  if (session) {
+    badge.textContent = { STARTED: 'recording', PAUSED: 'paused', COMPLETE: 'finished' }[st] || st;
+    badge.className = 'badge ' + ({ PAUSED: 'paused', COMPLETE: 'finished' }[st] || '');
+    $('links').replaceChildren(
+      el('a', { href: `/watch.html?activity=${session.id}` }, 'Watch page'), ' · ',
+      el('a', { href: `/activity.html?id=${session.id}` }, 'Activity details'));
+  }
+  $('net').hidden = navigator.onLine;
+  $('recorded').textContent = view.recorded.length;
+  $('pending').textContent = view.pending;
+  document.body.dataset.state = st || 'IDLE';
+}
+
+function showError(e) { $('error').textContent = e ? (e.message || String(e)) : ''; }
+
+function onPosition(pos) {
+  if (!session || session.state !== 'STARTED') return;
+  const c = pos.coords;
+  const point = { ts: Math.round(pos.timestamp || Date.now()), lat: c.latitude, lng: c.longitude };
+  if (c.altitude != null) point.alt = c.altitude;
+  if (c.speed != null && c.speed >= 0) point.speed = c.speed;
+  if (c.accuracy != null) point.accuracy = c.accuracy;
+  if (view.recorded.length && view.recorded.at(-1).ts >= point.ts) point.ts = view.recorded.at(-1).ts + 1;
+  view.recorded.push(point);
+  $('position').textContent = `${c.latitude.toFixed(5)}, ${c.longitude.toFixed(5)} ± ${Math.round(c.accuracy || 0)} m`;
+  outbox.put(session.id, point).then(refreshPending).catch(showError);
+  render();
+}
+
+function startWatching() {
+  if (watchId !== null || !('geolocation' in navigator)) return;
+  watchId = navigator.geolocation.watchPosition(onPosition, (e) => showError(new Error(`Location: ${e.message}`)),
+    { enableHighAccuracy: true, maximumAge: 0, timeout: 30000 });
+}
+
+async function refreshPending() {
+  if (!session) return;
+  view.pending = await outbox.count(session.id);
+  render();
+}
+
+/** Sends waiting points, then waiting state changes; stops at the first failure. */
+async function flush() {
+  if (!session || flushing) return;
+  flushing = true;
+  try {
+    for (;;) {
+      const points = await outbox.pending(session.id, 1000);
+      if (!points.length) break;
+      const r = await api(`/v1/activities/${session.id}/points`, { method: 'POST', body: { points } });
+      view.uploaded += r.accepted + r.duplicates;
+      view.rejected += r.rejected.length;
+      if (r.stats) session.stats = r.stats;
+      await outbox.remove(session.id, points.map((p) => p.ts));
+      if (points.length < 1000) break;
+    }
+    while (session.changes?.length) {
+      const change = session.changes[0];
+      try {
+        await api(`/v1/activities/${session.id}`, { method: 'PATCH', body: change });
+      } catch (e) {
+        if (e.status !== 409) throw e; // 409: the server is already past it
+      }
+      session.changes.shift();
+      save();
+    }
+    view.flushes += 1;
+    showError(null);
+  } catch (e) {
+    view.errors += 1;
+    if (e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) showError(e);
+  } finally {
+    flushing = false;
+    save();
+    await refreshPending();
+    renderStats();
+  }
+}
+
+function renderStats() {
+  const s = session?.stats;
+  if (!s) return;
+  $('distance').textContent = fmtDistance(s.distance_m);
+  $('moving').textContent = fmtDuration(s.moving_time_s);
+}
+
+function changeState(state) {
+  session.state = state;
+  (session.changes ??= []).push({ state, at: Date.now() });
+  save();
+  render();
+  flush();
+}
+
+$('start').addEventListener('click', async () => {
+  showError(null);
+  if (!token()) return showError(new Error('Sign in first (home page).'));
+  try {
+    const a = await api('/v1/activities', { method: 'POST', body: { type: $('type').value, started_at: Date.now() } });
+    session = { id: a.id, state: 'STARTED', changes: [], stats: a.stats };
+    view.recorded = [];
+    save();
+    render();
+    startWatching();
+  } catch (e) { showError(e.status ? e : new Error('Starting needs the network once; try again.')); }
+});
+$('pause').addEventListener('click', () => changeState('PAUSED'));
+$('resume').addEventListener('click', () => changeState('STARTED'));
+$('finish').addEventListener('click', () => changeState('COMPLETE'));
+
+window.addEventListener('online', () => { render(); flush(); });
+window.addEventListener('offline', render);
+setInterval(flush, FLUSH_MS);
+
+renderHeader();
+registerServiceWorker();
+render();
+if (session) {
+  if (session.state === 'STARTED' || session.state === 'PAUSED') startWatching();
+  renderStats();
+  refreshPending();
+  flush();
+}
+window.__trailcastRunner = { flush, session: () => session, newSession: () => { session = null; save(); render(); } };

@@ -1,0 +1,232 @@
+// Browser tests for the web app, against the real server: the watch page's
+// lagged, forward-only playback; the runner page losing nothing across a
+// network cut; every page rendering (screenshots in test-artifacts/).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { startServer, client, launchBrowser, signInContext, watchErrors, artifacts, sleep } from './helpers.mjs';
+
+let server;
+let call;
+let ann; // the athlete
+let bob; // her friend, who watches
+
+before(async () => {
+  server = await startServer();
+  call = client(server.base);
+  ann = await call('POST', '/v1/users', { body: { name: 'Ann' } });
+  bob = await call('POST', '/v1/users', { body: { name: 'Bob' } });
+  await call('PUT', `/v1/friends/${bob.id}`, { token: ann.token });
+  await call('PUT', `/v1/friends/${ann.id}`, { token: bob.token });
+});
+
+after(async () => {
+  await server?.stop();
+});
+
+/** East along a parallel through Berlin, ~6.8 m per 0.0001° of longitude. */
+const route = (i) => ({ lat: 52.52, lng: 13.4 + i * 0.0001 });
+
+test('watch page: the marker glides forward, 5 to 10 s behind the newest point', async () => {
+  const run = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN' } });
+  const posted = [];
+  let i = 0;
+  async function postNext() {
+    const p = { ts: Date.now(), ...route(i++), alt: 30 + i * 0.5 };
+    await call('POST', `/v1/activities/${run.id}/points`, { token: ann.token, body: { points: [p] } });
+    posted.push(p);
+  }
+  await postNext();
+  // The athlete posts every 2 s, for the whole test.
+  const athlete = setInterval(() => postNext().catch(() => {}), 2000);
+
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    await signInContext(browser, bob);
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.goto(`${server.base}/watch.html?activity=${run.id}`);
+    await page.waitForFunction(() => window.__trailcast?.markerTs != null, null, { timeout: 20000 });
+    assert.equal(await page.evaluate(() => window.__trailcast.transport), 'websocket');
+    await sleep(3000); // let playback settle on its clock
+
+    const samples = [];
+    const until = Date.now() + 14000;
+    while (Date.now() < until) {
+      const s = await page.evaluate(() => ({ ts: window.__trailcast.markerTs, ll: window.__trailcast.markerLatLng }));
+      samples.push({ ...s, behind: posted.at(-1).ts - s.ts });
+      await sleep(200);
+    }
+    for (let k = 1; k < samples.length; k++) {
+      assert.ok(samples[k].ts >= samples[k - 1].ts, `marker time went backwards at sample ${k}`);
+      assert.ok(samples[k].ll[1] >= samples[k - 1].ll[1] - 1e-9, `marker moved backwards at sample ${k}`);
+    }
+    for (const s of samples) {
+      assert.ok(s.behind >= 5000 && s.behind <= 10000, `marker ${s.behind} ms behind the newest point`);
+      assert.ok(Math.abs(s.ll[0] - 52.52) < 1e-6, 'marker off the route');
+    }
+    // Gliding, not jumping from point to point: nearly every 200 ms sample
+    // shows a new position.
+    const moved = samples.filter((s, k) => k && s.ll[1] > samples[k - 1].ll[1]).length;
+    assert.ok(moved >= samples.length * 0.8, `marker moved in only ${moved} of ${samples.length} samples`);
+    assert.match(await page.textContent('#badge'), /live/);
+    assert.notEqual(await page.textContent('#distance'), '–');
+    await page.screenshot({ path: path.join(artifacts, 'watch.png') });
+
+    // Pause, then finish: the badges follow (after the lag).
+    clearInterval(athlete);
+    await call('PATCH', `/v1/activities/${run.id}`, { token: ann.token, body: { state: 'PAUSED' } });
+    await page.waitForSelector('#badge.paused', { timeout: 15000 });
+    await call('PATCH', `/v1/activities/${run.id}`, { token: ann.token, body: { state: 'COMPLETE' } });
+    await page.waitForSelector('#badge.finished', { timeout: 15000 });
+    assert.deepEqual(errors, []);
+  } finally {
+    clearInterval(athlete);
+    await browser.closeAndClean();
+  }
+});
+
+test('watch page falls back to polling and redraws late points in time order', async () => {
+  const run = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN' } });
+  const t0 = Date.now() - 20000;
+  const pts = [0, 2, 4, 8].map((k) => ({ ts: t0 + k * 1000, ...route(k) }));
+  await call('POST', `/v1/activities/${run.id}/points`, { token: ann.token, body: { points: pts } });
+  const share = await call('POST', '/v1/shares', { token: ann.token, body: { activity_id: run.id } });
+
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    await page.addInitScript(() => localStorage.setItem('trailcast.tiles', 'none'));
+    await page.goto(`${server.base}/watch.html?activity=${run.id}&share=${share.token}&transport=poll`);
+    await page.waitForFunction(() => window.__trailcast?.track.length === 4, null, { timeout: 15000 });
+    assert.equal(await page.evaluate(() => window.__trailcast.transport), 'polling');
+    // A point from the middle of the track arrives late (offline sync).
+    await call('POST', `/v1/activities/${run.id}/points`, { token: ann.token, body: { points: [{ ts: t0 + 6000, ...route(6) }] } });
+    await page.waitForFunction(() => window.__trailcast.track.length === 5, null, { timeout: 15000 });
+    const order = await page.evaluate(() => window.__trailcast.track.map((p) => p.ts));
+    assert.deepEqual(order, [0, 2, 4, 6, 8].map((k) => t0 + k * 1000));
+  } finally {
+    await browser.closeAndClean();
+  }
+});
+
+test('runner page: no recorded point is lost when the network drops', async () => {
+  const browser = await launchBrowser({
+    geolocation: { latitude: 52.5, longitude: 13.3, accuracy: 5 },
+    permissions: ['geolocation'],
+  });
+  const errors = [];
+  try {
+    await signInContext(browser, ann);
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.goto(`${server.base}/runner.html`);
+    await page.click('#start');
+    await page.waitForSelector('body[data-state="STARTED"]');
+
+    let k = 0;
+    const move = async (n) => {
+      for (let j = 0; j < n; j++, k++) {
+        await browser.setGeolocation({ latitude: 52.5 + k * 0.0001, longitude: 13.3, accuracy: 5 });
+        await sleep(700);
+      }
+    };
+    await move(4);
+    await browser.setOffline(true);
+    await move(8);
+    const offline = await page.evaluate(() => window.__trailcast.pending);
+    assert.ok(offline >= 6, `only ${offline} points waiting while offline`);
+    await page.screenshot({ path: path.join(artifacts, 'runner-offline.png') });
+
+    // A reload while offline: the service worker serves the page, the
+    // points wait in IndexedDB.
+    const recordedBefore = await page.evaluate(() => window.__trailcast.recorded);
+    await page.reload();
+    await page.waitForSelector('body[data-state="STARTED"]');
+    await browser.setOffline(false);
+    await move(3);
+    const recordedAfter = await page.evaluate(() => window.__trailcast.recorded);
+    await page.click('#finish');
+    await page.waitForFunction(() => window.__trailcast.pending === 0 && window.__trailcast.flushes > 0
+      && window.__trailcastRunner.session().changes.length === 0, null, { timeout: 20000 });
+    await page.screenshot({ path: path.join(artifacts, 'runner.png') });
+
+    const session = await page.evaluate(() => window.__trailcastRunner.session());
+    const a = await call('GET', `/v1/activities/${session.id}`, { token: ann.token });
+    assert.equal(a.state, 'COMPLETE');
+    const onServer = await call('GET', `/v1/activities/${session.id}/route?format=json`, { token: ann.token });
+    const serverTs = new Set(onServer.points.map((p) => Date.parse(p.ts)));
+    const recorded = [...recordedBefore, ...recordedAfter];
+    assert.ok(recorded.length >= 13, `the page recorded only ${recorded.length} positions`);
+    for (const p of recorded) assert.ok(serverTs.has(p.ts), `recorded point ${p.ts} missing on the server`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});
+
+test('home, activity, sign-in and runner pages render', async () => {
+  // A finished activity with splits and elevation for the activity page.
+  const t0 = Date.now() - 30 * 60000;
+  const run = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN', started_at: t0 } });
+  const points = Array.from({ length: 400 }, (_, k) => ({
+    ts: t0 + k * 3000, lat: 52.52 + Math.sin(k / 60) * 0.004, lng: 13.4 + k * 0.00012, alt: 40 + 15 * Math.sin(k / 40),
+  }));
+  await call('POST', `/v1/activities/${run.id}/points`, { token: ann.token, body: { points } });
+  await call('PATCH', `/v1/activities/${run.id}`, { token: ann.token, body: { state: 'COMPLETE', at: t0 + 400 * 3000 } });
+  const live = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RIDE' } });
+  await call('POST', `/v1/activities/${live.id}/points`, { token: ann.token, body: { ts: Date.now(), ...route(0) } });
+
+  const res = await fetch(`${server.base}/nope`);
+  assert.equal(res.status, 404);
+  assert.equal((await res.json()).error.code, 'not_found');
+
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.addInitScript(() => localStorage.setItem('trailcast.tiles', 'none'));
+
+    // Sign up through the form, then sign in by pasting the token.
+    await page.goto(`${server.base}/`);
+    await page.screenshot({ path: path.join(artifacts, 'sign-in.png') });
+    await page.fill('#signup input[name=name]', 'Cleo');
+    await page.click('#signup button');
+    await page.waitForSelector('#new-token:not([hidden])');
+    const token = (await page.textContent('#new-token code')).trim();
+    assert.ok(token.length > 10);
+    await page.evaluate(() => localStorage.clear());
+    await page.goto(`${server.base}/`);
+    await page.fill('#signin input[name=token]', bob.token);
+    await page.click('#signin button');
+    await page.waitForSelector('#signed-in:not([hidden])');
+    await page.waitForSelector(`#friends a[href="/activity.html?id=${run.id}"]`);
+    await page.waitForSelector(`#live a[href="/activity.html?id=${live.id}"]`);
+    await page.screenshot({ path: path.join(artifacts, 'home.png'), fullPage: true });
+
+    await page.goto(`${server.base}/activity.html?id=${run.id}`);
+    await page.waitForSelector('#splits tbody tr');
+    assert.ok(await page.locator('#splits tbody tr').count() >= 2);
+    await page.waitForSelector('#pace-chart path');
+    await page.waitForSelector('#elevation-chart path');
+    assert.equal(await page.locator('.leaflet-control-scale').count(), 1);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#gpx')]);
+    const gpx = path.join(artifacts, 'activity.gpx');
+    await download.saveAs(gpx);
+    const { readFileSync } = await import('node:fs');
+    assert.match(readFileSync(gpx, 'utf8'), /<gpx/);
+    await page.screenshot({ path: path.join(artifacts, 'activity.png'), fullPage: true });
+
+    await page.goto(`${server.base}/runner.html`);
+    const manifest = await page.evaluate(() => fetch(document.querySelector('link[rel=manifest]').href).then((r) => r.json()));
+    assert.equal(manifest.start_url, '/runner.html');
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await page.screenshot({ path: path.join(artifacts, 'runner-idle.png') });
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});

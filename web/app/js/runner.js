@@ -67,8 +67,14 @@ function onPosition(pos) {
 
 function startWatching() {
   if (watchId !== null || !('geolocation' in navigator)) return;
-  watchId = navigator.geolocation.watchPosition(onPosition, (e) => showError(new Error(`Location: ${e.message}`)),
+  watchId = navigator.geolocation.watchPosition(onPosition, onPositionError,
     { enableHighAccuracy: true, maximumAge: 0, timeout: 30000 });
+}
+
+/** Only a refused permission is an error; no fix for a while is normal. */
+function onPositionError(e) {
+  if (e.code === e.PERMISSION_DENIED) showError(new Error('Location access was refused; recording needs it.'));
+  else $('position').textContent = 'Waiting for a GPS fix…';
 }
 
 async function refreshPending() {

@@ -21,12 +21,12 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
-    let mut token = String::with_capacity(3 + 64);
-    token.push_str("tc_");
-    for b in bytes {
-        token.push_str(&format!("{b:02x}"));
-    }
-    token
+    format!("tc_{}", hex(&bytes))
+}
+
+/// Lower-case hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The token of an `Authorization: Bearer` header, if any.

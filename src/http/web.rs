@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use rust_embed::RustEmbed;
 
+use super::auth::hex;
 use super::{ApiContext, ApiError};
 
 #[derive(RustEmbed)]
@@ -75,8 +76,4 @@ fn content_type(path: &str) -> &'static str {
         Some("txt") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

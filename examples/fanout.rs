@@ -2,6 +2,9 @@
 //! athlete posts one point every `interval` ms; reports watchers held and
 //! `points` messages (and points) delivered per second across all watchers.
 //!
+//! All watchers share one token, so start the server with a rate limit that
+//! allows the connection burst, e.g. `trailcast serve --rate-limit 100000`.
+//!
 //! cargo run --release --example fanout -- http://127.0.0.1:8080 2000 20 100
 //!   (base URL, watchers, seconds of posting, ms between points)
 

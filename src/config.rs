@@ -37,6 +37,12 @@ pub struct Config {
     /// ScyllaDB contact points, comma-separated; unset uses the embedded store.
     #[arg(long, env = "TRAILCAST_SCYLLA_NODES", value_delimiter = ',')]
     pub scylla_nodes: Vec<String>,
+    /// Requests per second per token (sustained) before 429.
+    #[arg(long, env = "TRAILCAST_RATE_LIMIT", default_value_t = 20.0)]
+    pub rate_limit: f64,
+    /// Requests a token may send in a burst above the sustained rate.
+    #[arg(long, env = "TRAILCAST_RATE_BURST", default_value_t = 100.0)]
+    pub rate_burst: f64,
     /// Points waiting for a group commit before ingest answers 503.
     #[arg(long, env = "TRAILCAST_QUEUE_POINTS", default_value_t = 200_000)]
     pub queue_points: usize,

@@ -104,7 +104,16 @@ pub async fn run(
         batcher.clone(),
         leaderboard.clone(),
     ));
-    let sweeper = tokio::spawn(sweep(tracker.clone(), recent_memory, closing_rx.clone()));
+    let limiter = Arc::new(http::ratelimit::RateLimiter::new(
+        config.rate_limit,
+        config.rate_burst,
+    ));
+    let sweeper = tokio::spawn(sweep(
+        tracker.clone(),
+        recent_memory,
+        limiter.clone(),
+        closing_rx.clone(),
+    ));
 
     let ctx = ApiContext {
         store,
@@ -113,6 +122,7 @@ pub async fn run(
         batcher,
         metrics: telemetry::metrics_handle(),
         live: live::LiveHub::new(recent.clone(), closing_rx.clone()),
+        limiter: limiter.clone(),
         leaderboard,
         shutdown: closing_rx,
     };
@@ -151,6 +161,7 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 async fn sweep(
     tracker: Arc<Tracker>,
     recent: Arc<MemoryRecentStore>,
+    limiter: Arc<http::ratelimit::RateLimiter>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -160,6 +171,7 @@ async fn sweep(
             _ = tick.tick() => {
                 let now = now_ms();
                 tracker.sweep(now);
+                limiter.sweep();
                 recent.expire_idle(now);
             }
             _ = retry.tick() => {

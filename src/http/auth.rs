@@ -38,13 +38,19 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The user a token belongs to, or `Unauthorized`.
+/// The user a token belongs to, or `Unauthorized`; counts the request
+/// against the user's rate limit.
 pub async fn user_for_token(ctx: &ApiContext, token: &str) -> Result<User, ApiError> {
-    ctx.store
+    let user = ctx
+        .store
         .users
         .user_by_token(hash_token(token))
         .await?
-        .ok_or(ApiError::Unauthorized)
+        .ok_or(ApiError::Unauthorized)?;
+    ctx.limiter
+        .check(user.id)
+        .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+    Ok(user)
 }
 
 impl FromRequestParts<ApiContext> for AuthUser {

@@ -26,6 +26,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    #[error("too many requests for this token; retry later")]
+    RateLimited { retry_after_s: u32 },
     #[error("server is busy; retry later")]
     Overloaded { retry_after_s: u32 },
     #[error("internal error")]
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "illegal_state_change"),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -71,7 +74,7 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Overloaded { retry_after_s } => {
+            ApiError::Overloaded { retry_after_s } | ApiError::RateLimited { retry_after_s } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, retry_after_s.into());

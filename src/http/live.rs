@@ -429,6 +429,14 @@ async fn watch_socket(
                 if tx.try_send(Message::Ping(Vec::new().into())).is_err() {
                     break None;
                 }
+                // A share revoked through another node is noticed here, at
+                // most one ping period late (this node's revocations arrive
+                // at once through `revoked`).
+                if let Some(id) = share_id
+                    && matches!(ctx.store.activities.share(id).await, Ok(None))
+                {
+                    break Some(close(4003, "share revoked"));
+                }
             }
             revoked_id = revoked.recv() => {
                 if revoked_id.is_ok_and(|r| Some(r) == share_id) {

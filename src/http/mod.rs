@@ -14,6 +14,7 @@ mod leaderboards;
 mod live;
 mod ops;
 mod points;
+pub mod ratelimit;
 mod shares;
 mod users;
 mod web;
@@ -54,6 +55,7 @@ pub struct ApiContext {
     pub batcher: WriteBehind,
     pub metrics: PrometheusHandle,
     pub live: Arc<LiveHub>,
+    pub limiter: Arc<ratelimit::RateLimiter>,
     pub leaderboard: Arc<dyn crate::store::leaderboard::Leaderboard>,
     /// Set to `true` when the server is shutting down (WebSockets close).
     pub shutdown: tokio::sync::watch::Receiver<bool>,

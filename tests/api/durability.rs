@@ -15,7 +15,14 @@ use crate::helpers::{TestApp, now_ms, spawn_app, spawn_on, track};
 /// Starts the real binary on port 0 and reads its address from stdout.
 async fn start_binary(data_dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trailcast"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "1000000",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("RUST_LOG", "warn")
         .env_remove("TRAILCAST_REDIS_URL")

@@ -39,6 +39,9 @@ pub fn test_config(data_dir: PathBuf) -> Config {
     config.data_dir = data_dir;
     config.redis_url = None;
     config.scylla_nodes = Vec::new();
+    // Tests drive one token hard; the limit has its own test.
+    config.rate_limit = 1e6;
+    config.rate_burst = 1e6;
     config
 }
 

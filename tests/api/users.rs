@@ -109,3 +109,32 @@ async fn befriending_unknown_users_or_yourself_fails() {
         (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_friend"))
     );
 }
+
+#[tokio::test]
+async fn each_token_is_rate_limited_with_429_and_retry_after() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.rate_limit = 1.0;
+        c.rate_burst = 3.0;
+    })
+    .await;
+    let (ann, bob) = (app.user("Ann").await, app.user("Bob").await);
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/me", &ann.token).await.0, StatusCode::OK);
+    }
+    let resp = app
+        .client
+        .get(format!("{}/v1/me", app.base))
+        .bearer_auth(&ann.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(
+        app.get("/v1/me", &bob.token).await.0,
+        StatusCode::OK,
+        "other tokens are not affected"
+    );
+}

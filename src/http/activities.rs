@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiContext, ApiError, AuthUser};
+use super::{ApiContext, ApiError, AuthUser, page_limit};
 use crate::domain::activity::Event;
 use crate::domain::point::MAX_FUTURE_SKEW_MS;
 use crate::domain::time::{
@@ -308,12 +308,7 @@ async fn list_activities(
     AuthUser(me): AuthUser,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be 1 to {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(q.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::BadRequest("bad cursor".into()))?),

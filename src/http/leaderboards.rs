@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiContext, ApiError, AuthUser};
+use super::{ApiContext, ApiError, AuthUser, page_limit};
 use crate::domain::ActivityType;
 use crate::domain::time::now_ms;
 use crate::store::leaderboard::{Board, Window};
@@ -38,12 +38,7 @@ async fn leaderboard(
             .map_err(|_| ApiError::NotFound)?;
     let window = Window::parse(q.window.as_deref().unwrap_or("week"))
         .ok_or_else(|| ApiError::BadRequest("window must be week, month or all".into()))?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be 1 to {MAX_LIMIT}"
-        )));
-    }
+    let limit = page_limit(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let board = Board::new(activity_type, window, now_ms(), q.region.as_deref());
     let top = ctx.leaderboard.top(&board, limit).await?;
     let mut items = Vec::with_capacity(top.len());

@@ -83,6 +83,20 @@ pub fn router(ctx: ApiContext) -> Router {
         .layer(middleware::map_response(error::json_errors))
 }
 
+/// A `limit` query parameter: `default` when absent, 1 to `max` otherwise.
+pub(crate) fn page_limit(
+    limit: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadRequest(format!("limit must be 1 to {max}")))
+    }
+}
+
 /// Request count and latency by route template (never by raw path, so ids
 /// do not explode the label set).
 async fn record_metrics(req: Request, next: Next) -> Response {

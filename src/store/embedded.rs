@@ -91,6 +91,20 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// Reads and decodes the JSON record stored under an id.
+async fn get_json<T: serde::de::DeserializeOwned + Send + 'static>(
+    keyspace: Keyspace,
+    id: Uuid,
+) -> StoreResult<Option<T>> {
+    blocking(move || {
+        keyspace
+            .get(id.as_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(corrupt))
+            .transpose()
+    })
+    .await
+}
+
 /// Runs a fjall call on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StoreResult<T> + Send + 'static,
@@ -144,14 +158,7 @@ impl UserStore for EmbeddedStore {
     }
 
     async fn user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        let this = self.clone();
-        blocking(move || {
-            this.users
-                .get(id.as_bytes())?
-                .map(|v| serde_json::from_slice(&v).map_err(corrupt))
-                .transpose()
-        })
-        .await
+        get_json(self.users.clone(), id).await
     }
 
     async fn user_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<User>> {
@@ -221,14 +228,7 @@ impl ActivityStore for EmbeddedStore {
     }
 
     async fn activity(&self, id: Uuid) -> StoreResult<Option<Activity>> {
-        let this = self.clone();
-        blocking(move || {
-            this.activities
-                .get(id.as_bytes())?
-                .map(|v| serde_json::from_slice(&v).map_err(corrupt))
-                .transpose()
-        })
-        .await
+        get_json(self.activities.clone(), id).await
     }
 
     async fn history(
@@ -284,14 +284,7 @@ impl ActivityStore for EmbeddedStore {
     }
 
     async fn share(&self, id: Uuid) -> StoreResult<Option<Share>> {
-        let this = self.clone();
-        blocking(move || {
-            this.shares
-                .get(id.as_bytes())?
-                .map(|v| serde_json::from_slice(&v).map_err(corrupt))
-                .transpose()
-        })
-        .await
+        get_json(self.shares.clone(), id).await
     }
 
     async fn share_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<Share>> {

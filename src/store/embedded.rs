@@ -105,6 +105,25 @@ async fn get_json<T: serde::de::DeserializeOwned + Send + 'static>(
     .await
 }
 
+/// Looks a token hash up in its index and reads the record it names, in one
+/// trip to the blocking pool.
+async fn get_by_token<T: serde::de::DeserializeOwned + Send + 'static>(
+    tokens: Keyspace,
+    records: Keyspace,
+    token_hash: [u8; 32],
+) -> StoreResult<Option<T>> {
+    blocking(move || {
+        let Some(id) = tokens.get(token_hash)? else {
+            return Ok(None);
+        };
+        records
+            .get(&id)?
+            .map(|v| serde_json::from_slice(&v).map_err(corrupt))
+            .transpose()
+    })
+    .await
+}
+
 /// Runs a fjall call on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StoreResult<T> + Send + 'static,
@@ -162,12 +181,7 @@ impl UserStore for EmbeddedStore {
     }
 
     async fn user_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<User>> {
-        let this = self.clone();
-        let id = blocking(move || Ok(this.tokens.get(token_hash)?)).await?;
-        match id {
-            None => Ok(None),
-            Some(id) => self.user(Uuid::from_slice(&id).map_err(corrupt)?).await,
-        }
+        get_by_token(self.tokens.clone(), self.users.clone(), token_hash).await
     }
 
     async fn add_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<()> {
@@ -288,12 +302,7 @@ impl ActivityStore for EmbeddedStore {
     }
 
     async fn share_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<Share>> {
-        let this = self.clone();
-        let id = blocking(move || Ok(this.share_tokens.get(token_hash)?)).await?;
-        match id {
-            None => Ok(None),
-            Some(id) => self.share(Uuid::from_slice(&id).map_err(corrupt)?).await,
-        }
+        get_by_token(self.share_tokens.clone(), self.shares.clone(), token_hash).await
     }
 
     async fn delete_share(&self, share: &Share) -> StoreResult<()> {

@@ -17,6 +17,58 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server.
     Serve(Config),
+    /// Create or upgrade the ScyllaDB schema (deploy/scylla/schema.cql).
+    Migrate(MigrateArgs),
+}
+
+/// Where the ScyllaDB cluster is and how to talk to it.
+#[derive(Debug, Clone, Args)]
+pub struct ScyllaArgs {
+    /// ScyllaDB contact points (host:port), comma-separated; unset uses the
+    /// embedded store.
+    #[arg(
+        long = "scylla-nodes",
+        env = "TRAILCAST_SCYLLA_NODES",
+        value_delimiter = ','
+    )]
+    pub nodes: Vec<String>,
+    /// Keyspace holding trailcast's tables.
+    #[arg(
+        long = "scylla-keyspace",
+        env = "TRAILCAST_SCYLLA_KEYSPACE",
+        default_value = "trailcast"
+    )]
+    pub keyspace: String,
+    /// Consistency of reads and writes: one, local_one, local_quorum, quorum
+    /// or all.
+    #[arg(
+        long = "scylla-consistency",
+        env = "TRAILCAST_SCYLLA_CONSISTENCY",
+        default_value = "local_quorum"
+    )]
+    pub consistency: String,
+    /// This node's datacenter: requests go to its replicas first.
+    #[arg(long = "scylla-local-dc", env = "TRAILCAST_SCYLLA_LOCAL_DC")]
+    pub local_dc: Option<String>,
+    /// Replication of the keyspace when migrating creates it, as a CQL map.
+    #[arg(long = "scylla-replication", env = "TRAILCAST_SCYLLA_REPLICATION", default_value = crate::store::scylla::DEFAULT_REPLICATION)]
+    pub replication: String,
+    /// Most requests in flight to the cluster from this node; more wait.
+    #[arg(
+        long = "scylla-max-in-flight",
+        env = "TRAILCAST_SCYLLA_MAX_IN_FLIGHT",
+        default_value_t = 1024
+    )]
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub scylla: ScyllaArgs,
+    /// Print the CQL that would be applied instead of applying it.
+    #[arg(long)]
+    pub print: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -34,9 +86,11 @@ pub struct Config {
     /// one Redis).
     #[arg(long, env = "TRAILCAST_REDIS_PREFIX", default_value = "tc:")]
     pub redis_prefix: String,
-    /// ScyllaDB contact points, comma-separated; unset uses the embedded store.
-    #[arg(long, env = "TRAILCAST_SCYLLA_NODES", value_delimiter = ',')]
-    pub scylla_nodes: Vec<String>,
+    #[command(flatten)]
+    pub scylla: ScyllaArgs,
+    /// Apply the ScyllaDB schema on start, as `trailcast migrate` would.
+    #[arg(long, env = "TRAILCAST_SCYLLA_MIGRATE")]
+    pub scylla_migrate: bool,
     /// Requests per second per token (sustained) before 429.
     #[arg(long, env = "TRAILCAST_RATE_LIMIT", default_value_t = 20.0)]
     pub rate_limit: f64,
@@ -59,6 +113,7 @@ impl Config {
     pub fn defaults() -> Config {
         match Cli::parse_from(["trailcast", "serve"]).command {
             Command::Serve(config) => config,
+            Command::Migrate(_) => unreachable!("parsed `serve`"),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -41,6 +41,7 @@ use store::embedded::EmbeddedStore;
 use store::leaderboard::{Leaderboard, MemoryLeaderboard, RedisLeaderboard};
 use store::recent_memory::MemoryRecentStore;
 use store::recent_redis::RedisRecentStore;
+use store::scylla::ScyllaStore;
 use store::{Persistence, RecentStore};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -56,20 +57,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !config.scylla_nodes.is_empty() {
-        bail!(
-            "--scylla-nodes: the ScyllaDB backend is not in this build yet; unset it to use the embedded store"
-        );
-    }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let embedded = EmbeddedStore::open(&config.data_dir)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let store = Persistence {
-        users: Arc::new(embedded.clone()),
-        activities: Arc::new(embedded.clone()),
-        points: Arc::new(embedded.clone()),
-    };
+    let (store, embedded) = open_persistence(&config).await?;
     let recent_memory = Arc::new(MemoryRecentStore::new());
     let (recent, leaderboard): (Arc<dyn RecentStore>, Arc<dyn Leaderboard>) =
         match &config.redis_url {
@@ -148,9 +136,42 @@ pub async fn run(
     let _ = drain_tx.send(true);
     writer.await.context("write-behind writer panicked")?;
     sweeper.await.context("sweeper panicked")?;
-    embedded.close()?;
+    if let Some(embedded) = embedded {
+        embedded.close()?;
+    }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Scylla when `--scylla-nodes` is set, else the embedded store (returned
+/// too, so that shutdown can close it).
+async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Option<EmbeddedStore>)> {
+    let scylla = &config.scylla;
+    if !scylla.nodes.is_empty() {
+        let session = store::scylla::connect(scylla, true).await?;
+        if config.scylla_migrate {
+            store::scylla::migrate(&session, &scylla.keyspace, &scylla.replication).await?;
+        }
+        let db =
+            Arc::new(ScyllaStore::open(session, &scylla.keyspace, scylla.max_in_flight).await?);
+        tracing::info!(nodes = %scylla.nodes.join(","), keyspace = %scylla.keyspace, "persistence: ScyllaDB");
+        let store = Persistence {
+            users: db.clone(),
+            activities: db.clone(),
+            points: db,
+        };
+        return Ok((store, None));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let embedded = EmbeddedStore::open(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = Persistence {
+        users: Arc::new(embedded.clone()),
+        activities: Arc::new(embedded.clone()),
+        points: Arc::new(embedded.clone()),
+    };
+    Ok((store, Some(embedded)))
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).

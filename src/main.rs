@@ -14,6 +14,26 @@ async fn main() -> anyhow::Result<()> {
             println!("trailcast listening on http://{}", listener.local_addr()?);
             trailcast::run(config, listener, shutdown_signal()).await
         }
+        Command::Migrate(args) => {
+            use trailcast::store::scylla;
+            let cql = &args.scylla;
+            if args.print {
+                scylla::check_keyspace(&cql.keyspace)?;
+                print!("{}", scylla::render_schema(&cql.keyspace, &cql.replication));
+                return Ok(());
+            }
+            if cql.nodes.is_empty() {
+                anyhow::bail!("migrate needs --scylla-nodes (or TRAILCAST_SCYLLA_NODES)");
+            }
+            let session = scylla::connect(cql, true).await?;
+            scylla::migrate(&session, &cql.keyspace, &cql.replication).await?;
+            println!(
+                "schema version {} applied to keyspace {}",
+                scylla::SCHEMA_VERSION,
+                cql.keyspace
+            );
+            Ok(())
+        }
     }
 }
 

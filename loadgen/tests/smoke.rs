@@ -18,7 +18,7 @@ async fn a_short_run_loses_no_acknowledged_point() {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = tmp.path().to_path_buf();
     config.redis_url = None;
-    config.scylla_nodes = Vec::new();
+    config.scylla.nodes = Vec::new();
     let listener = TcpListener::bind(config.listen).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();

@@ -164,17 +164,30 @@ async fn catch_up(
     Ok((points, released))
 }
 
-/// State and stats as released to this watcher, or as stored when the
-/// stream holds none (an activity watched long after it ended).
+/// State and stats as released to this watcher. With no state change
+/// released yet, the state before the next one to be released (never one
+/// the watcher has not reached), or as stored when the stream holds none
+/// (an activity watched long after it ended).
 fn status(feed: &Feed, snapshot: &ActivitySnapshot, now: Millis, lag: Lag) -> (Value, Value) {
     let (state, stats) = feed.released_status(now, lag);
-    let state = state.map_or_else(
-        || {
-            let a = &snapshot.activity;
-            json!({"state": a.state, "at": to_rfc3339(a.events.last().map_or(a.started_at, |e| e.at))})
-        },
-        |(state, at)| json!({"state": state, "at": to_rfc3339(at)}),
-    );
+    let events = &snapshot.activity.events;
+    let (state, at) = state.unwrap_or_else(|| {
+        let upto = match feed.next_state(now, lag) {
+            // The event the stream is about to release, and the ones
+            // before it: the watcher is at the one before (or at the
+            // very first, the start).
+            Some(next) => events
+                .iter()
+                .position(|e| (e.state, e.at) == next)
+                .map_or(events.len(), |i| i.max(1)),
+            None => events.len(),
+        };
+        events[..upto].last().map_or(
+            (snapshot.activity.state, snapshot.activity.started_at),
+            |e| (e.state, e.at),
+        )
+    });
+    let state = json!({"state": state, "at": to_rfc3339(at)});
     let stats = match stats {
         Some(s) => serde_json::to_value(s).unwrap_or(Value::Null),
         None => serde_json::to_value(snapshot.stats(now)).unwrap_or(Value::Null),

@@ -67,10 +67,18 @@ pub struct IngestOutcome {
     pub stored: Vec<Point>,
 }
 
+/// How stale a hot entry may be before a read checks it against the store.
+/// Another node may have changed the activity (a state change taken there
+/// while the load balancer moved it); watchers are 5-10 s behind anyway.
+const RECHECK_MS: Millis = 5_000;
+
 struct Hot {
     activity: Activity,
     acc: TrackAccumulator,
     touched: Millis,
+    /// When the entry was last known to match the store: loaded, written
+    /// through this node, or checked.
+    synced: Millis,
 }
 
 impl Hot {
@@ -119,10 +127,12 @@ impl Tracker {
 
     pub async fn create(&self, activity: Activity) -> Result<ActivitySnapshot, IngestError> {
         self.store.activities.put_activity(&activity).await?;
+        let now = now_ms();
         let hot = Hot {
             acc: TrackAccumulator::new(activity.activity_type),
             activity,
-            touched: now_ms(),
+            touched: now,
+            synced: now,
         };
         let snapshot = hot.snapshot();
         self.hot
@@ -267,20 +277,49 @@ impl Tracker {
             .ok_or(IngestError::NotFound)?;
         let track = read_track(self.store.points.as_ref(), id).await?;
         let acc = TrackAccumulator::from_track(&activity, &track);
+        let now = now_ms();
         let hot = Arc::new(Mutex::new(Hot {
             activity,
             acc,
-            touched: now_ms(),
+            touched: now,
+            synced: now,
         }));
         // Two loads may race; the first one in wins and both use it.
         Ok(self.hot.entry(id).or_insert(hot).clone())
+    }
+
+    /// Brings a hot entry in line with the store if another node changed
+    /// the activity record (state, events, summary) since it was synced.
+    /// Points another node ingested for a live activity show up at its next
+    /// state change here; the load balancer keeps an activity on one node,
+    /// so this is the fallback, not the rule.
+    async fn resync(&self, id: Uuid, hot: &mut Hot, now: Millis) -> Result<(), IngestError> {
+        let stored = self
+            .store
+            .activities
+            .activity(id)
+            .await?
+            .ok_or(IngestError::NotFound)?;
+        let a = &hot.activity;
+        if (stored.state, &stored.events, &stored.track) != (a.state, &a.events, &a.track) {
+            let track = read_track(self.store.points.as_ref(), id).await?;
+            hot.acc = TrackAccumulator::from_track(&stored, &track);
+            hot.activity = stored;
+        }
+        hot.synced = now;
+        Ok(())
     }
 
     /// The activity as of now. A finished activity not in the hot map is
     /// served from its stored summary without reading its points.
     pub async fn snapshot(&self, id: Uuid) -> Result<ActivitySnapshot, IngestError> {
         if let Some(hot) = self.hot.get(&id).map(|h| h.clone()) {
-            return Ok(hot.lock().await.snapshot());
+            let mut hot = hot.lock().await;
+            let now = now_ms();
+            if now - hot.synced >= RECHECK_MS {
+                self.resync(id, &mut hot, now).await?;
+            }
+            return Ok(hot.snapshot());
         }
         let activity = self
             .store
@@ -316,6 +355,8 @@ impl Tracker {
         let hot = self.load(id).await?;
         let mut hot = hot.lock().await;
         let now = now_ms();
+        // State changes are rare: always start from the stored record.
+        self.resync(id, &mut hot, now).await?;
         let mut next = hot.activity.clone();
         if next.transition(to, at.unwrap_or(now), now)? == Transition::AlreadyThere {
             // A retried COMPLETE settles a leaderboard difference still owed.
@@ -339,6 +380,7 @@ impl Tracker {
         hot.activity = next;
         hot.acc = acc;
         hot.touched = now;
+        hot.synced = now;
         let snapshot = hot.snapshot();
         let change = RecentItem::State {
             state: to,
@@ -422,6 +464,7 @@ impl Tracker {
             self.publish(id, items).await;
         }
         hot.touched = now;
+        hot.synced = now;
         metrics::counter!("trailcast_points_accepted_total").increment(fresh.len() as u64);
         metrics::counter!("trailcast_points_duplicate_total").increment(duplicates as u64);
         metrics::counter!("trailcast_points_rejected_total").increment(rejected.len() as u64);

@@ -212,6 +212,20 @@ impl Feed {
         (state, stats)
     }
 
+    /// The oldest state change in the window not yet released to a watcher
+    /// with this lag: what the watcher will see next, so the state it sees
+    /// now is the one before it.
+    pub fn next_state(&self, now: Millis, lag: Lag) -> Option<(ActivityState, Millis)> {
+        let w = self.window.read().expect("feed lock");
+        w.entries
+            .iter()
+            .filter(|e| e.cursor.ms + lag.ms() > now)
+            .find_map(|e| match &e.item {
+                RecentItem::State { state, at } => Some((*state, *at)),
+                _ => None,
+            })
+    }
+
     /// Whether the window still holds the activity from its first entry
     /// (the STARTED state published at creation), so no history is missing.
     pub fn holds_start_of(&self, started_at: Millis) -> bool {

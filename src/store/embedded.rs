@@ -32,7 +32,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, HistoryKey, PointStore, Share, StoreError, StoreResult, User, UserStore,
+    ActivityStore, HistoryKey, PointStore, RouteCursor, Share, StoreError, StoreResult, User,
+    UserStore,
 };
 use crate::domain::time::Millis;
 use crate::domain::{Activity, Point};
@@ -351,13 +352,16 @@ impl PointStore for EmbeddedStore {
     async fn route_page(
         &self,
         activity: Uuid,
-        after: Option<Millis>,
+        from: Option<RouteCursor>,
         limit: usize,
-    ) -> StoreResult<Vec<Point>> {
+    ) -> StoreResult<(Vec<Point>, Option<RouteCursor>)> {
         let this = self.clone();
         blocking(move || {
-            let start = match after {
-                Some(ts) => std::ops::Bound::Excluded(point_key(activity, ts).to_vec()),
+            let start = match from {
+                Some(RouteCursor(last)) => {
+                    let ts = ts_from_key(&last).ok_or_else(|| corrupt("route cursor"))?;
+                    std::ops::Bound::Excluded(point_key(activity, ts).to_vec())
+                }
                 None => std::ops::Bound::Included(point_key(activity, Millis::MIN).to_vec()),
             };
             let end = std::ops::Bound::Included(point_key(activity, Millis::MAX).to_vec());
@@ -367,7 +371,12 @@ impl PointStore for EmbeddedStore {
                 let ts = ts_from_key(&key[16..]).ok_or_else(|| corrupt("point key"))?;
                 out.push(Point::decode_value(ts, &value).ok_or_else(|| corrupt("point value"))?);
             }
-            Ok(out)
+            // A full page may have more after it; a short one is the end.
+            let next = match out.last() {
+                Some(last) if out.len() == limit => Some(RouteCursor(ts_key(last.ts).to_vec())),
+                _ => None,
+            };
+            Ok((out, next))
         })
         .await
     }

@@ -14,6 +14,7 @@ pub mod leaderboard;
 pub mod recent;
 pub mod recent_memory;
 pub mod recent_redis;
+pub mod scylla;
 
 use std::sync::Arc;
 
@@ -131,14 +132,21 @@ pub trait PointStore: Send + Sync + 'static {
     async fn append_points(&self, points: Arc<Vec<(Uuid, Point)>>) -> StoreResult<()>;
     /// For each timestamp, whether the activity already has a point there.
     async fn points_exist(&self, activity: Uuid, ts: Vec<Millis>) -> StoreResult<Vec<bool>>;
-    /// Up to `limit` points with `ts > after`, in time order.
+    /// The next page (at most `limit` points, in time order) of the track,
+    /// from the start or from where `from` left off, and where the page
+    /// after it starts (`None` at the end of the track).
     async fn route_page(
         &self,
         activity: Uuid,
-        after: Option<Millis>,
+        from: Option<RouteCursor>,
         limit: usize,
-    ) -> StoreResult<Vec<Point>>;
+    ) -> StoreResult<(Vec<Point>, Option<RouteCursor>)>;
 }
+
+/// Where a route read goes on: opaque to callers. The embedded store keeps
+/// the last timestamp read; Scylla its paging state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCursor(pub Vec<u8>);
 
 /// Page size when a whole track is read: no single unbounded query.
 pub const ROUTE_PAGE: usize = 5_000;
@@ -146,14 +154,13 @@ pub const ROUTE_PAGE: usize = 5_000;
 /// Reads an activity's whole track, time-ordered, one page at a time.
 pub async fn read_track(points: &dyn PointStore, activity: Uuid) -> StoreResult<Vec<Point>> {
     let mut track = Vec::new();
-    let mut after = None;
+    let mut from = None;
     loop {
-        let page = points.route_page(activity, after, ROUTE_PAGE).await?;
-        let full = page.len() == ROUTE_PAGE;
-        after = page.last().map(|p| p.ts);
+        let (page, next) = points.route_page(activity, from, ROUTE_PAGE).await?;
         track.extend(page);
-        if !full {
-            return Ok(track);
+        match next {
+            Some(cursor) => from = Some(cursor),
+            None => return Ok(track),
         }
     }
 }

@@ -2,41 +2,18 @@
 //! state change is there; a graceful shutdown flushes the queue.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::helpers::{TestApp, now_ms, spawn_app, spawn_on, track};
 
-/// Starts the real binary on port 0 and reads its address from stdout.
+/// The real binary on the embedded store in `data_dir`.
 async fn start_binary(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trailcast"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "1000000",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .env_remove("TRAILCAST_REDIS_URL")
-        .env_remove("TRAILCAST_SCYLLA_NODES")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the trailcast binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = lines.next_line().await.unwrap().expect("a listening line");
-    let base = line.rsplit(' ').next().unwrap().to_string();
-    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
-    (child, base)
+    let dir = data_dir.to_str().unwrap();
+    crate::helpers::start_binary(&["--rate-limit", "1000000", "--data-dir", dir]).await
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ pub fn test_config(data_dir: PathBuf) -> Config {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = data_dir;
     config.redis_url = None;
-    config.scylla_nodes = Vec::new();
+    config.scylla.nodes = Vec::new();
     // Tests drive one token hard; the limit has its own test.
     config.rate_limit = 1e6;
     config.rate_burst = 1e6;
@@ -76,7 +76,41 @@ pub async fn spawn_on(data_dir: PathBuf, adjust: impl FnOnce(&mut Config)) -> Te
     }
 }
 
+/// Starts the real binary (`trailcast serve --listen 127.0.0.1:0` plus
+/// `args`) and reads its address from stdout. Killed when dropped.
+pub async fn start_binary(args: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trailcast"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("TRAILCAST_REDIS_URL")
+        .env_remove("TRAILCAST_SCYLLA_NODES")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the trailcast binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = lines.next_line().await.unwrap().expect("a listening line");
+    let base = line.rsplit(' ').next().unwrap().to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    (child, base)
+}
+
 impl TestApp {
+    /// A client for a server running elsewhere (another process).
+    pub fn at(base: String) -> TestApp {
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            data_dir: PathBuf::new(),
+            _tmp: None,
+            stop: None,
+            server: None,
+        }
+    }
+
     /// Graceful shutdown; returns what `run` returned.
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -207,4 +241,78 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The CQL server the Scylla backend's tests use: the real cluster named by
+/// `SCYLLA_NODES` when set, else kassandra, an in-memory CQL v4 server
+/// started once in this process (no ScyllaDB can be installed on CI
+/// machines). Each test makes its own keyspace, so they share it.
+pub struct CqlServer {
+    pub nodes: Vec<String>,
+    /// False against kassandra: the only statements it cannot run are the
+    /// multi-column slice of history pages, and it ignores
+    /// `CLUSTERING ORDER BY ... DESC` and page sizes (see `storage`).
+    pub real: bool,
+}
+
+pub fn cql_server() -> CqlServer {
+    if let Ok(nodes) = std::env::var("SCYLLA_NODES") {
+        let nodes: Vec<String> = nodes.split(',').map(str::to_owned).collect();
+        return CqlServer { nodes, real: true };
+    }
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    let addr = *ADDR.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("kassandra".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let tester = kassandra_tester::KassandraTester::new(
+                    kassandra_tester::kassandra::session::KassandraSession::new(),
+                );
+                let served = runtime.block_on(tester.in_scope(|addr| {
+                    let tx = tx.clone();
+                    async move {
+                        tx.send(addr).unwrap();
+                        std::future::pending::<Result<(), ()>>().await
+                    }
+                }));
+                drop(served);
+            })
+            .unwrap();
+        rx.recv().expect("kassandra starts")
+    });
+    CqlServer {
+        nodes: vec![addr.to_string()],
+        real: false,
+    }
+}
+
+impl CqlServer {
+    pub fn name(&self) -> String {
+        match self.real {
+            true => format!("ScyllaDB at {}", self.nodes.join(",")),
+            false => format!("kassandra (in-memory CQL test server) at {}", self.nodes[0]),
+        }
+    }
+
+    /// A fresh keyspace with the whole schema, for one test.
+    pub async fn keyspace(&self) -> (String, trailcast::config::ScyllaArgs) {
+        let keyspace = format!("tc_test_{}", uuid::Uuid::now_v7().simple());
+        let mut args = Config::defaults().scylla;
+        args.nodes = self.nodes.clone();
+        args.keyspace = keyspace.clone();
+        args.replication = std::env::var("SCYLLA_REPLICATION")
+            .unwrap_or_else(|_| "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned());
+        let session = trailcast::store::scylla::connect(&args, self.real)
+            .await
+            .unwrap();
+        trailcast::store::scylla::migrate(&session, &keyspace, &args.replication)
+            .await
+            .unwrap();
+        (keyspace, args)
+    }
 }

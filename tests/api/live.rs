@@ -14,16 +14,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::helpers::{TestApp, TestUser, metric, now_ms, spawn_app};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-fn ws_url(app: &TestApp, id: &str, query: &str) -> String {
+pub(crate) fn ws_url(app: &TestApp, id: &str, query: &str) -> String {
     format!(
         "{}/v1/activities/{id}/live/ws?{query}",
         app.base.replacen("http", "ws", 1)
     )
 }
 
-async fn connect(app: &TestApp, id: &str, query: &str) -> Ws {
+pub(crate) async fn connect(app: &TestApp, id: &str, query: &str) -> Ws {
     let (ws, _) = connect_async(ws_url(app, id, query))
         .await
         .expect("websocket connects");
@@ -31,7 +31,7 @@ async fn connect(app: &TestApp, id: &str, query: &str) -> Ws {
 }
 
 /// The next JSON message, answering nothing else; `None` once closed.
-async fn next_json(ws: &mut Ws, within: Duration) -> Option<Value> {
+pub(crate) async fn next_json(ws: &mut Ws, within: Duration) -> Option<Value> {
     loop {
         match timeout(within, ws.next())
             .await
@@ -45,7 +45,7 @@ async fn next_json(ws: &mut Ws, within: Duration) -> Option<Value> {
 }
 
 /// Reads until the server closes; returns the close code and reason.
-async fn close_reason(ws: &mut Ws, within: Duration) -> (u16, String) {
+pub(crate) async fn close_reason(ws: &mut Ws, within: Duration) -> (u16, String) {
     loop {
         match timeout(within, ws.next()).await.expect("closed in time") {
             Some(Ok(Message::Close(Some(frame)))) => {

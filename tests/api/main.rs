@@ -2,6 +2,7 @@
 //! One binary, one module per capability.
 
 mod activities;
+mod cluster;
 mod durability;
 mod errors;
 mod helpers;
@@ -12,4 +13,5 @@ mod ops;
 mod points;
 mod redis;
 mod stats;
+mod storage;
 mod users;

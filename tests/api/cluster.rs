@@ -1,0 +1,195 @@
+//! Two real server processes sharing one Redis and one CQL server: an
+//! athlete posts through node A, a friend watches through node B and sees
+//! the same lagged stream, over polling and WebSocket. Persistent state
+//! (users, friends, activities, points) is shared through the Scylla
+//! backend, on kassandra (in this process) or the cluster in
+//! `SCYLLA_NODES`; live state through the Redis on 127.0.0.1:6379.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, cql_server, now_ms, start_binary};
+use crate::live::{close_reason, connect, next_json};
+use crate::redis::SHARED_REDIS;
+
+const LAG_S: i64 = 5;
+const POINTS: usize = 8;
+
+fn ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Polls `node` with its own cursor until the activity's finish is
+/// released; returns the points' timestamps in the order received.
+async fn poll_until_finished(node: &TestApp, id: &str, token: &str) -> Vec<i64> {
+    let mut received = Vec::new();
+    let mut cursor = String::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        assert!(Instant::now() < deadline, "finish not released in time");
+        let (status, body) = node
+            .get(
+                &format!("/v1/activities/{id}/live?lag={LAG_S}&after={cursor}"),
+                token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let server_now = ms(&body["server_time"]);
+        for p in body["points"].as_array().unwrap() {
+            let ts = ms(&p["ts"]);
+            assert!(
+                server_now - ts >= LAG_S * 1000 - 100,
+                "released before its lag"
+            );
+            received.push(ts);
+        }
+        if body["state"] == "COMPLETE" {
+            return received;
+        }
+        cursor = body["cursor"].as_str().unwrap().to_string();
+        let retry = body["retry_after_ms"].as_u64().unwrap().min(1_000);
+        tokio::time::sleep(Duration::from_millis(retry)).await; // as a client is told to
+    }
+}
+
+#[tokio::test]
+async fn an_athlete_posting_to_node_a_is_watched_through_node_b() {
+    let cql = cql_server();
+    let (keyspace, _) = cql.keyspace().await;
+    println!("two nodes on {}, keyspace {keyspace}", cql.name());
+    let prefix = format!("tc-test-{}:", Uuid::now_v7());
+    let nodes = cql.nodes.join(",");
+    let args = [
+        "--rate-limit",
+        "1000000",
+        "--scylla-nodes",
+        &nodes,
+        "--scylla-keyspace",
+        &keyspace,
+        "--redis-url",
+        SHARED_REDIS,
+        "--redis-prefix",
+        &prefix,
+    ];
+    let (_node_a, base_a) = start_binary(&args).await;
+    let (_node_b, base_b) = start_binary(&args).await;
+    let (a, b) = (TestApp::at(base_a), TestApp::at(base_b));
+
+    // Accounts and friendship, each made on a different node.
+    let ann = a.user("Ann").await;
+    let bob = b.user("Bob").await;
+    assert_eq!(
+        a.put(&format!("/v1/friends/{}", bob.id), &ann.token)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, asked) = b.put(&format!("/v1/friends/{}", ann.id), &bob.token).await;
+    assert_eq!(asked["status"], "friends", "{asked}");
+    let (_, friends) = a.get("/v1/friends", &ann.token).await;
+    assert_eq!(friends["items"][0]["id"], bob.id.as_str());
+
+    let id = a.start(&ann, json!({"type": "RUN"})).await;
+    let (status, seen) = b.get(&format!("/v1/activities/{id}"), &bob.token).await;
+    assert_eq!(
+        (status, seen["state"].as_str()),
+        (StatusCode::OK, Some("STARTED"))
+    );
+    let (_, live) = b.get("/v1/live", &bob.token).await;
+    assert_eq!(live["items"][0]["activity"]["id"], id.as_str(), "{live}");
+
+    // Bob watches through B: a WebSocket, and a poller; Ann herself polls
+    // through A.
+    let mut ws = connect(&b, &id, &format!("lag={LAG_S}&token={}", bob.token)).await;
+    assert_eq!(
+        next_json(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "catch_up"
+    );
+    let poll_b = {
+        let (b, id, token) = (TestApp::at(b.base.clone()), id.clone(), bob.token.clone());
+        tokio::spawn(async move { poll_until_finished(&b, &id, &token).await })
+    };
+    let poll_a = {
+        let (a, id, token) = (TestApp::at(a.base.clone()), id.clone(), ann.token.clone());
+        tokio::spawn(async move { poll_until_finished(&a, &id, &token).await })
+    };
+
+    // Ann runs: a point every 400 ms through A, then finishes through A.
+    let mut sent = Vec::new();
+    for i in 0..POINTS {
+        let t = now_ms();
+        let point = json!({"ts": t, "lat": 52.5 + i as f64 * 1e-4, "lng": 13.4});
+        let (status, body) = a.post_points(&ann, &id, point).await;
+        assert_eq!(
+            (status, body["accepted"].as_u64()),
+            (StatusCode::OK, Some(1))
+        );
+        sent.push(t);
+        if i == 0 {
+            let (_, early) = b
+                .get(&format!("/v1/activities/{id}/live?lag={LAG_S}"), &bob.token)
+                .await;
+            assert_eq!(early["points"], json!([]), "nothing before the lag");
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await; // the athlete's cadence
+    }
+    let (status, done) = a
+        .patch(
+            &format!("/v1/activities/{id}"),
+            &ann.token,
+            json!({"state": "COMPLETE"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+
+    let mut over_ws = Vec::new();
+    let mut states = Vec::new();
+    while let Some(msg) = next_json(&mut ws, Duration::from_secs(15)).await {
+        match msg["type"].as_str().unwrap() {
+            "points" => over_ws.extend(
+                msg["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| ms(&p["ts"])),
+            ),
+            "state" => states.push(msg["state"].as_str().unwrap().to_owned()),
+            _ => {}
+        }
+        if states.last().is_some_and(|s| s == "COMPLETE") {
+            break;
+        }
+    }
+    assert_eq!(
+        close_reason(&mut ws, Duration::from_secs(5)).await,
+        (1000, "activity finished".into())
+    );
+    assert_eq!(over_ws, sent, "WebSocket on B: every point once, in order");
+    assert_eq!(states.last().map(String::as_str), Some("COMPLETE"));
+    assert_eq!(poll_b.await.unwrap(), sent, "polling on B");
+    assert_eq!(poll_a.await.unwrap(), sent, "polling on A");
+
+    // The finished activity, read through B, is the one A completed.
+    let (_, on_b) = b.get(&format!("/v1/activities/{id}"), &bob.token).await;
+    assert_eq!(on_b["state"], "COMPLETE", "{on_b}");
+    assert_eq!(on_b["stats"]["points"], POINTS as u64);
+    let (_, route) = b
+        .get(&format!("/v1/activities/{id}/route"), &bob.token)
+        .await;
+    let route: Vec<i64> = route["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ms(&p["ts"]))
+        .collect();
+    assert_eq!(
+        route, sent,
+        "the route, read from the shared store through B"
+    );
+}

@@ -1,0 +1,406 @@
+//! One storage contract, run against every persistence backend: the
+//! embedded store, and the Scylla backend on the CQL server of
+//! `helpers::cql_server` (a real cluster when `SCYLLA_NODES` is set, else
+//! the in-memory kassandra). Each run prints which server it used and which
+//! cases that server could not cover.
+//!
+//! kassandra (0.13) cannot cover, and so these cases run only on the
+//! embedded store and on a real cluster:
+//! - newest-first history order: it ignores `CLUSTERING ORDER BY ... DESC`
+//!   and returns clustering columns ascending;
+//! - history pages after a cursor: it cannot parse the multi-column slice
+//!   `(started_at, activity_id) < (?, ?)` (it prepares the statement with
+//!   one bind marker, so the call fails rather than answering wrongly);
+//! - bounded pages: it ignores the page size and answers a whole partition
+//!   in one page, so route reads are checked for content, not page bounds.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use trailcast::domain::{Activity, ActivityType, Point, Visibility};
+use trailcast::store::embedded::EmbeddedStore;
+use trailcast::store::scylla::ScyllaStore;
+use trailcast::store::{HistoryKey, Persistence, Share, User, read_track};
+
+use crate::helpers::cql_server;
+
+/// What the server under test can answer faithfully.
+struct Server {
+    name: String,
+    /// Clustering order DESC, multi-column slices, page sizes.
+    full_cql: bool,
+}
+
+struct Report {
+    covered: Vec<&'static str>,
+    uncovered: Vec<&'static str>,
+}
+
+impl Report {
+    fn print(&self, server: &Server) {
+        println!(
+            "storage contract on {}: {} cases passed ({}); not covered here: {}",
+            server.name,
+            self.covered.len(),
+            self.covered.join(", "),
+            match self.uncovered.is_empty() {
+                true => "none".to_owned(),
+                false => self.uncovered.join(", "),
+            }
+        );
+    }
+}
+
+fn point(ts: i64, i: usize) -> Point {
+    Point {
+        ts,
+        lat: 52.5 + i as f64 * 1e-5,
+        lng: 13.4,
+        alt: i.is_multiple_of(2).then_some(34.5),
+        speed: i.is_multiple_of(3).then_some(3.2),
+        accuracy: Some(4.0),
+        hr: i.is_multiple_of(4).then_some(151),
+        cadence: None,
+    }
+}
+
+fn activity(athlete: Uuid, started_at: i64) -> Activity {
+    Activity::start(
+        Uuid::now_v7(),
+        athlete,
+        ActivityType::Run,
+        Visibility::Friends,
+        None,
+        started_at,
+    )
+}
+
+fn same(a: &Activity, b: &Activity) -> bool {
+    serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap()
+}
+
+async fn contract(store: &Persistence, server: &Server) -> Report {
+    let mut covered = Vec::new();
+    let mut uncovered = Vec::new();
+
+    // Users and tokens.
+    let user = User {
+        id: Uuid::now_v7(),
+        name: "Ada Ö".into(),
+        created_at: 1_700_000_000_123,
+        region: Some("DE-BE".into()),
+    };
+    let token = [7u8; 32];
+    store.users.create_user(&user, token).await.unwrap();
+    let by_id = store
+        .users
+        .user(user.id)
+        .await
+        .unwrap()
+        .expect("user by id");
+    let by_token = store
+        .users
+        .user_by_token(token)
+        .await
+        .unwrap()
+        .expect("user by token");
+    for found in [by_id, by_token] {
+        assert_eq!(
+            (
+                found.id,
+                found.name.as_str(),
+                found.created_at,
+                found.region.as_deref()
+            ),
+            (user.id, "Ada Ö", 1_700_000_000_123, Some("DE-BE"))
+        );
+    }
+    assert!(
+        store
+            .users
+            .user_by_token([8u8; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.users.user(Uuid::now_v7()).await.unwrap().is_none());
+    covered.push("users and tokens");
+
+    // Friendship: both directions, then removal of both.
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    store.users.add_friend_request(a, b).await.unwrap();
+    assert!(
+        !store.users.are_friends(a, b).await.unwrap(),
+        "one side only"
+    );
+    store.users.add_friend_request(b, a).await.unwrap();
+    store.users.add_friend_request(a, c).await.unwrap();
+    store.users.add_friend_request(a, b).await.unwrap(); // repeated: no-op
+    assert!(store.users.are_friends(a, b).await.unwrap());
+    assert!(store.users.has_friend_request(a, c).await.unwrap());
+    assert!(!store.users.has_friend_request(c, a).await.unwrap());
+    let from_a: BTreeSet<Uuid> = store
+        .users
+        .friend_requests_from(a)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(from_a, BTreeSet::from([b, c]));
+    assert_eq!(store.users.friends_of(a).await.unwrap(), vec![b]);
+    store.users.remove_friendship(a, b).await.unwrap();
+    assert!(!store.users.has_friend_request(a, b).await.unwrap());
+    assert!(!store.users.has_friend_request(b, a).await.unwrap());
+    assert!(store.users.has_friend_request(a, c).await.unwrap());
+    covered.push("friend requests");
+
+    // Activities: round trip and replacement.
+    let athlete = Uuid::now_v7();
+    let mut first = activity(athlete, 1_700_000_000_000);
+    store.activities.put_activity(&first).await.unwrap();
+    let read = store.activities.activity(first.id).await.unwrap().unwrap();
+    assert!(same(&read, &first));
+    first.track.distance_m = 1234.5;
+    first.leaderboard_m = 1234.5;
+    first
+        .transition(
+            trailcast::domain::ActivityState::Complete,
+            1_700_000_600_000,
+            1_700_000_600_000,
+        )
+        .unwrap();
+    store.activities.put_activity(&first).await.unwrap();
+    let read = store.activities.activity(first.id).await.unwrap().unwrap();
+    assert!(same(&read, &first), "an update replaces the record");
+    assert!(
+        store
+            .activities
+            .activity(Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    covered.push("activity records");
+
+    // History: one athlete's partition, the updated document in it.
+    let mut all = vec![first.clone()];
+    for i in 1..5 {
+        let a = activity(athlete, 1_700_000_000_000 + i * 86_400_000);
+        store.activities.put_activity(&a).await.unwrap();
+        all.push(a);
+    }
+    // Two activities starting in the same millisecond: the id breaks the tie.
+    let twin = activity(athlete, all[4].started_at);
+    store.activities.put_activity(&twin).await.unwrap();
+    all.push(twin);
+    store
+        .activities
+        .put_activity(&activity(Uuid::now_v7(), 1_700_000_000_000))
+        .await
+        .unwrap();
+    let everything = store.activities.history(athlete, None, 100).await.unwrap();
+    let ids: BTreeSet<Uuid> = everything.iter().map(|a| a.id).collect();
+    assert_eq!(ids, all.iter().map(|a| a.id).collect());
+    let stored_first = everything.iter().find(|a| a.id == first.id).unwrap();
+    assert!(
+        same(stored_first, &first),
+        "history holds the latest document"
+    );
+    assert_eq!(
+        store
+            .activities
+            .history(athlete, None, 2)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "limit honoured"
+    );
+    covered.push("history partition and limit");
+    if server.full_cql {
+        let mut expected: Vec<HistoryKey> = all.iter().map(HistoryKey::of).collect();
+        expected.sort();
+        expected.reverse();
+        let keys: Vec<HistoryKey> = everything.iter().map(HistoryKey::of).collect();
+        assert_eq!(keys, expected, "newest start first, id breaking ties");
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.activities.history(athlete, after, 2).await.unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = Some(HistoryKey::of(last));
+            paged.extend(page.iter().map(HistoryKey::of));
+        }
+        assert_eq!(paged, expected, "pages after a cursor cover each once");
+        covered.push("history order and cursor pages");
+    } else {
+        uncovered.push("history order and cursor pages");
+    }
+
+    // Shares: by id, by token, deletion of both.
+    let share = Share {
+        id: Uuid::now_v7(),
+        activity_id: first.id,
+        owner_id: athlete,
+        expires_at: 1_800_000_000_000,
+        token_hash: [9u8; 32],
+    };
+    store.activities.put_share(&share).await.unwrap();
+    for found in [
+        store.activities.share(share.id).await.unwrap(),
+        store.activities.share_by_token([9u8; 32]).await.unwrap(),
+    ] {
+        let found = found.expect("share");
+        assert_eq!(
+            json!([
+                found.id,
+                found.activity_id,
+                found.owner_id,
+                found.expires_at,
+                found.token_hash
+            ]),
+            json!([
+                share.id,
+                share.activity_id,
+                share.owner_id,
+                share.expires_at,
+                share.token_hash
+            ])
+        );
+    }
+    store.activities.delete_share(&share).await.unwrap();
+    assert!(store.activities.share(share.id).await.unwrap().is_none());
+    assert!(
+        store
+            .activities
+            .share_by_token([9u8; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    covered.push("share links");
+
+    // Points: several activities in one group commit, out of order, with a
+    // resent point; optional values survive as they were (absent stays
+    // absent).
+    let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = 1_700_000_000_000i64;
+    let mut group: Vec<(Uuid, Point)> = Vec::new();
+    for i in (0..250).rev() {
+        group.push((x, point(t0 + i as i64 * 1000, i)));
+        if i.is_multiple_of(50) {
+            group.push((y, point(t0 + i as i64, i)));
+        }
+    }
+    group.push((x, point(t0 + 7_000, 7))); // resent: same identity
+    store.points.append_points(Arc::new(group)).await.unwrap();
+    let track = read_track(store.points.as_ref(), x).await.unwrap();
+    assert_eq!(track.len(), 250, "a resent point is the same point");
+    let expected: Vec<Point> = (0..250).map(|i| point(t0 + i as i64 * 1000, i)).collect();
+    assert_eq!(
+        serde_json::to_value(&track).unwrap(),
+        serde_json::to_value(&expected).unwrap(),
+        "time order, every field as written"
+    );
+    assert_eq!(read_track(store.points.as_ref(), y).await.unwrap().len(), 5);
+    assert!(
+        read_track(store.points.as_ref(), Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let exist = store
+        .points
+        .points_exist(x, vec![t0, t0 + 1, t0 + 249_000, t0 + 250_000])
+        .await
+        .unwrap();
+    assert_eq!(exist, vec![true, false, true, false]);
+    covered.push("points: group commit, order, duplicates, optional values, existence");
+
+    // Route pages: concatenated they are the track, each point once.
+    let mut pages = Vec::new();
+    let mut from = None;
+    let mut largest = 0;
+    loop {
+        let (page, next) = store.points.route_page(x, from, 60).await.unwrap();
+        largest = largest.max(page.len());
+        pages.extend(page.into_iter().map(|p| p.ts));
+        match next {
+            Some(cursor) => from = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(pages, expected.iter().map(|p| p.ts).collect::<Vec<_>>());
+    covered.push("route pages cover the track once");
+    if server.full_cql {
+        assert!(largest <= 60, "a page holds at most its limit ({largest})");
+        covered.push("route page bound");
+    } else {
+        uncovered.push("route page bound");
+    }
+    Report { covered, uncovered }
+}
+
+#[tokio::test]
+async fn storage_contract_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = EmbeddedStore::open(dir.path()).unwrap();
+    let store = Persistence {
+        users: Arc::new(db.clone()),
+        activities: Arc::new(db.clone()),
+        points: Arc::new(db.clone()),
+    };
+    let server = Server {
+        name: "the embedded store".into(),
+        full_cql: true,
+    };
+    let report = contract(&store, &server).await;
+    assert!(report.uncovered.is_empty());
+    report.print(&server);
+    db.close().unwrap();
+}
+
+#[tokio::test]
+async fn storage_contract_on_scylla() {
+    let cql = cql_server();
+    let (keyspace, args) = cql.keyspace().await;
+    let session = trailcast::store::scylla::connect(&args, cql.real)
+        .await
+        .unwrap();
+    let db = Arc::new(ScyllaStore::open(session, &keyspace, 64).await.unwrap());
+    let store = Persistence {
+        users: db.clone(),
+        activities: db.clone(),
+        points: db,
+    };
+    let server = Server {
+        name: cql.name(),
+        full_cql: cql.real,
+    };
+    let report = contract(&store, &server).await;
+    report.print(&server);
+}
+
+#[test]
+fn migrate_applies_exactly_the_schema_shipped_in_deploy() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trailcast"))
+        .args(["migrate", "--print"])
+        .env_remove("TRAILCAST_SCYLLA_KEYSPACE")
+        .env_remove("TRAILCAST_SCYLLA_REPLICATION")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/scylla/schema.cql");
+    assert!(
+        out.stdout == std::fs::read(shipped).unwrap(),
+        "`trailcast migrate --print` differs from {shipped}"
+    );
+}

@@ -41,6 +41,7 @@ use store::embedded::EmbeddedStore;
 use store::leaderboard::{Leaderboard, MemoryLeaderboard, RedisLeaderboard};
 use store::recent_memory::MemoryRecentStore;
 use store::recent_redis::RedisRecentStore;
+use store::registry::{LiveRegistry, MemoryRegistry, RedisRegistry};
 use store::scylla::ScyllaStore;
 use store::{Persistence, RecentStore};
 
@@ -59,19 +60,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (store, embedded) = open_persistence(&config).await?;
     let recent_memory = Arc::new(MemoryRecentStore::new());
-    let (recent, leaderboard): (Arc<dyn RecentStore>, Arc<dyn Leaderboard>) =
-        match &config.redis_url {
-            Some(url) => {
-                let redis =
-                    RedisRecentStore::new(url, &config.redis_prefix).context("the Redis URL")?;
-                let board = RedisLeaderboard::new(redis.connection(), &config.redis_prefix);
-                (Arc::new(redis), Arc::new(board))
-            }
-            None => (
-                recent_memory.clone(),
-                Arc::new(MemoryLeaderboard::default()),
-            ),
-        };
+    type Shared = (
+        Arc<dyn RecentStore>,
+        Arc<dyn Leaderboard>,
+        Arc<dyn LiveRegistry>,
+    );
+    let (recent, leaderboard, registry): Shared = match &config.redis_url {
+        Some(url) => {
+            let redis =
+                RedisRecentStore::new(url, &config.redis_prefix).context("the Redis URL")?;
+            let board = RedisLeaderboard::new(redis.connection(), &config.redis_prefix);
+            let registry = RedisRegistry::new(redis.connection(), &config.redis_prefix);
+            (Arc::new(redis), Arc::new(board), Arc::new(registry))
+        }
+        None => (
+            recent_memory.clone(),
+            Arc::new(MemoryLeaderboard::default()),
+            Arc::new(MemoryRegistry::default()),
+        ),
+    };
 
     // Two signals: `closing` fires when shutdown starts (WebSockets, feeds
     // and the sweeper stop); `drain` fires once the HTTP server has finished
@@ -91,6 +98,7 @@ pub async fn run(
         recent.clone(),
         batcher.clone(),
         leaderboard.clone(),
+        registry.clone(),
     ));
     let limiter = Arc::new(http::ratelimit::RateLimiter::new(
         config.rate_limit,
@@ -112,6 +120,7 @@ pub async fn run(
         live: live::LiveHub::new(recent.clone(), closing_rx.clone()),
         limiter: limiter.clone(),
         leaderboard,
+        registry,
         shutdown: closing_rx,
     };
     let app = http::router(ctx);

@@ -38,8 +38,9 @@ use super::auth::{bearer_token, user_for_token};
 use super::{ApiContext, ApiError, AuthUser, hash_token};
 use crate::domain::time::{Millis, now_ms, to_rfc3339};
 use crate::domain::{ActivityState, Visibility};
-use crate::ingest::ActivitySnapshot;
+use crate::ingest::{ActivitySnapshot, IngestError};
 use crate::live::{DEFAULT_LAG_MS, Feed, Lag, LiveEntry};
+use crate::store::registry::REGISTRY_TTL_MS;
 use crate::store::{RecentItem, Share, StoreError, StreamCursor, read_track};
 
 pub const WS_QUEUE: usize = 16;
@@ -475,38 +476,59 @@ async fn watch_socket(
     Ok(())
 }
 
-/// Friends' activities live now, with their last released position.
+/// Friends' activities live now, with their last released position. The
+/// live registry names them (shared by every node); if it cannot answer
+/// (Redis down), each friend's newest activities are read from persistence.
 async fn friends_live(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
 ) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
+    let friends = ctx.store.users.friends_of(me.id).await?;
+    let candidates: Vec<Uuid> = match ctx.registry.live_of(&friends, now - REGISTRY_TTL_MS).await {
+        Ok(live) => live.into_iter().map(|(_, activity)| activity).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "live registry unavailable; reading histories");
+            let mut ids = Vec::new();
+            for friend in &friends {
+                // Live activities are the newest ones; a handful covers any athlete.
+                let newest = ctx.store.activities.history(*friend, None, 5).await?;
+                ids.extend(newest.iter().filter(|a| a.is_live()).map(|a| a.id));
+            }
+            ids
+        }
+    };
     let mut items = Vec::new();
-    for friend in ctx.store.users.friends_of(me.id).await? {
-        // Live activities are the newest ones; a handful covers any athlete.
-        for activity in ctx.store.activities.history(friend, None, 5).await? {
-            if !activity.is_live() || activity.visibility == Visibility::Private {
-                continue;
-            }
-            // Without the recent store, list the activity without a position.
-            let position = ctx
-                .recent
-                .latest_point(activity.id, now - DEFAULT_LAG_MS)
-                .await
-                .unwrap_or_default();
-            let snapshot = ctx.tracker.refresh(activity).await;
-            if !snapshot.activity.is_live() {
-                continue;
-            }
-            let position = position.and_then(|e| match e.item {
+    for id in candidates {
+        let snapshot = match ctx.tracker.snapshot(id).await {
+            Ok(snapshot) => snapshot,
+            Err(IngestError::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let activity = &snapshot.activity;
+        if !activity.is_live() || activity.visibility == Visibility::Private {
+            continue;
+        }
+        // Without the recent store, list the activity without a position.
+        let position = ctx
+            .recent
+            .latest_point(id, now - DEFAULT_LAG_MS)
+            .await
+            .unwrap_or_default()
+            .and_then(|e| match e.item {
                 RecentItem::Point(p) => serde_json::to_value(p).ok(),
                 _ => None,
             });
-            items.push(json!({
+        items.push((
+            activity.started_at,
+            json!({
                 "activity": ActivityView::of(&snapshot, now),
                 "position": position,
-            }));
-        }
+            }),
+        ));
     }
+    // Most recently started first, as the history is.
+    items.sort_by_key(|(started, _)| std::cmp::Reverse(*started));
+    let items: Vec<Value> = items.into_iter().map(|(_, item)| item).collect();
     Ok(Json(json!({"items": items})))
 }

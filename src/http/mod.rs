@@ -57,6 +57,7 @@ pub struct ApiContext {
     pub live: Arc<LiveHub>,
     pub limiter: Arc<ratelimit::RateLimiter>,
     pub leaderboard: Arc<dyn crate::store::leaderboard::Leaderboard>,
+    pub registry: Arc<dyn crate::store::registry::LiveRegistry>,
     /// Set to `true` when the server is shutting down (WebSockets close).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -32,6 +32,7 @@ use crate::domain::{
     Activity, ActivityState, Point, PointInput, RejectCode, TrackAccumulator, TransitionError,
 };
 use crate::store::leaderboard::{Board, Leaderboard};
+use crate::store::registry::{LiveRegistry, REMARK_EVERY_MS};
 use crate::store::{Persistence, RecentItem, RecentStore, StoreError, read_track};
 use batcher::{QueueFull, WriteBehind};
 
@@ -79,6 +80,8 @@ struct Hot {
     /// When the entry was last known to match the store: loaded, written
     /// through this node, or checked.
     synced: Millis,
+    /// When this node last marked the activity in the live registry.
+    marked: Millis,
 }
 
 impl Hot {
@@ -102,6 +105,7 @@ pub struct Tracker {
     recent: Arc<dyn RecentStore>,
     batcher: WriteBehind,
     leaderboard: Arc<dyn Leaderboard>,
+    registry: Arc<dyn LiveRegistry>,
     /// Activities whose recent stream missed items (the recent store was
     /// down), with the earliest point time it missed (`Millis::MAX` if it
     /// missed only state or statistics). `backfill` re-publishes from there.
@@ -114,6 +118,7 @@ impl Tracker {
         recent: Arc<dyn RecentStore>,
         batcher: WriteBehind,
         leaderboard: Arc<dyn Leaderboard>,
+        registry: Arc<dyn LiveRegistry>,
     ) -> Self {
         Tracker {
             hot: DashMap::new(),
@@ -121,6 +126,7 @@ impl Tracker {
             recent,
             batcher,
             leaderboard,
+            registry,
             unpublished: DashMap::new(),
         }
     }
@@ -128,11 +134,16 @@ impl Tracker {
     pub async fn create(&self, activity: Activity) -> Result<ActivitySnapshot, IngestError> {
         self.store.activities.put_activity(&activity).await?;
         let now = now_ms();
+        let marked = match self.register(&activity, now).await {
+            true => now,
+            false => 0,
+        };
         let hot = Hot {
             acc: TrackAccumulator::new(activity.activity_type),
             activity,
             touched: now,
             synced: now,
+            marked,
         };
         let snapshot = hot.snapshot();
         self.hot
@@ -283,9 +294,25 @@ impl Tracker {
             acc,
             touched: now,
             synced: now,
+            marked: 0,
         }));
         // Two loads may race; the first one in wins and both use it.
         Ok(self.hot.entry(id).or_insert(hot).clone())
+    }
+
+    /// Records in the live registry whether the activity is live. A failure
+    /// (Redis down) is logged and reported as `false`; the next state change
+    /// or minute of points tries again.
+    async fn register(&self, activity: &Activity, now: Millis) -> bool {
+        let (athlete, id) = (activity.athlete_id, activity.id);
+        let result = match activity.is_live() {
+            true => self.registry.mark_live(athlete, id, now).await,
+            false => self.registry.mark_done(athlete, id).await,
+        };
+        if let Err(e) = &result {
+            tracing::warn!(activity = %id, error = %e, "live registry not updated");
+        }
+        result.is_ok()
     }
 
     /// Brings a hot entry in line with the store if another node changed
@@ -381,6 +408,9 @@ impl Tracker {
         hot.acc = acc;
         hot.touched = now;
         hot.synced = now;
+        if self.register(&hot.activity, now).await {
+            hot.marked = now;
+        }
         let snapshot = hot.snapshot();
         let change = RecentItem::State {
             state: to,
@@ -465,6 +495,12 @@ impl Tracker {
         }
         hot.touched = now;
         hot.synced = now;
+        if hot.activity.is_live()
+            && now - hot.marked >= REMARK_EVERY_MS
+            && self.register(&hot.activity, now).await
+        {
+            hot.marked = now;
+        }
         metrics::counter!("trailcast_points_accepted_total").increment(fresh.len() as u64);
         metrics::counter!("trailcast_points_duplicate_total").increment(duplicates as u64);
         metrics::counter!("trailcast_points_rejected_total").increment(rejected.len() as u64);

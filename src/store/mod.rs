@@ -14,6 +14,7 @@ pub mod leaderboard;
 pub mod recent;
 pub mod recent_memory;
 pub mod recent_redis;
+pub mod registry;
 pub mod scylla;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use trailcast::domain::{ActivityState, Point};
 use trailcast::store::recent::RECENT_CAP;
 use trailcast::store::recent_memory::MemoryRecentStore;
 use trailcast::store::recent_redis::RedisRecentStore;
+use trailcast::store::registry::{LiveRegistry, MemoryRegistry, REGISTRY_TTL_MS, RedisRegistry};
 use trailcast::store::{RecentItem, RecentStore};
 
 use crate::helpers::{now_ms, spawn_app_with};
@@ -120,6 +121,68 @@ async fn recent_positions_contract_on_redis() {
     recent_contract(&store).await;
 }
 
+async fn registry_contract(registry: &dyn LiveRegistry) {
+    let (ann, bob, cy) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (run, ride, walk) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let now = now_ms();
+    let sorted = |mut v: Vec<(Uuid, Uuid)>| {
+        v.sort();
+        v
+    };
+    assert!(registry.live_of(&[], now).await.unwrap().is_empty());
+    registry.mark_live(ann, run, now - 10_000).await.unwrap();
+    registry.mark_live(ann, ride, now).await.unwrap();
+    registry.mark_live(bob, walk, now).await.unwrap();
+    registry.mark_live(ann, run, now).await.unwrap(); // marked again: one entry
+    assert_eq!(
+        sorted(
+            registry
+                .live_of(&[ann, bob, cy], now - 60_000)
+                .await
+                .unwrap()
+        ),
+        sorted(vec![(ann, run), (ann, ride), (bob, walk)])
+    );
+    assert_eq!(
+        registry.live_of(&[bob], now - 60_000).await.unwrap(),
+        vec![(bob, walk)],
+        "only the athletes asked for"
+    );
+    registry.mark_done(ann, ride).await.unwrap();
+    registry.mark_done(cy, walk).await.unwrap(); // not there: no-op
+    assert_eq!(
+        registry.live_of(&[ann], now - 60_000).await.unwrap(),
+        vec![(ann, run)]
+    );
+    // An abandoned activity drops out once its mark is older than asked.
+    let stale = Uuid::now_v7();
+    registry
+        .mark_live(cy, stale, now - REGISTRY_TTL_MS - 1)
+        .await
+        .unwrap();
+    assert!(
+        registry
+            .live_of(&[cy], now - REGISTRY_TTL_MS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn live_registry_contract_in_process() {
+    registry_contract(&MemoryRegistry::default()).await;
+}
+
+#[tokio::test]
+async fn live_registry_contract_on_redis() {
+    let store = RedisRecentStore::new(SHARED_REDIS, &prefix()).unwrap();
+    if let Err(e) = store.health().await {
+        panic!("no Redis at {SHARED_REDIS} ({e}); scripts/test starts one");
+    }
+    registry_contract(&RedisRegistry::new(store.connection(), &prefix())).await;
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -162,6 +225,8 @@ async fn ingest_survives_a_redis_outage_and_watchers_catch_up_after_it() {
     let url = format!("redis://127.0.0.1:{port}");
     let app = spawn_app_with(|c| c.redis_url = Some(url.clone())).await;
     let ann = app.user("Ann").await;
+    let fan = app.user("Fan").await;
+    app.befriend(&ann, &fan).await;
     let t0 = now_ms() - 60_000;
     let id = app
         .start(&ann, json!({"type": "RUN", "started_at": t0}))
@@ -206,6 +271,13 @@ async fn ingest_survives_a_redis_outage_and_watchers_catch_up_after_it() {
         route["points"].as_array().unwrap().len(),
         5,
         "persisted while Redis was down"
+    );
+    let (status, now_live) = app.get("/v1/live", &fan.token).await;
+    assert_eq!(status, StatusCode::OK, "{now_live}");
+    assert_eq!(
+        now_live["items"][0]["activity"]["id"],
+        id.as_str(),
+        "friends live now, read from persistence without the registry"
     );
 
     let _redis = start_redis(port).await;

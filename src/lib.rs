@@ -10,8 +10,9 @@
 //! - the write-behind writer (`ingest::batcher`), told to stop once the HTTP
 //!   server is done; it flushes everything queued and exits;
 //! - the sweeper, which evicts idle hot state and expired recent positions
-//!   once a minute and back-fills the recent store after an outage (every
-//!   second while something is missing); it stops with the shutdown signal.
+//!   once a minute, and every second while something is missing back-fills
+//!   the recent store and adds leaderboard differences owed after an
+//!   outage; it stops with the shutdown signal.
 //!
 //! Only then is the store closed (its journal synced).
 
@@ -205,12 +206,17 @@ async fn sweep(
                 recent.expire_idle(now);
             }
             _ = retry.tick() => {
-                if tracker.unpublished_len() == 0 {
-                    continue;
+                if tracker.unpublished_len() > 0 {
+                    let caught_up = tracker.backfill().await;
+                    if caught_up > 0 {
+                        tracing::info!(activities = caught_up, "recent positions back-filled");
+                    }
                 }
-                let caught_up = tracker.backfill().await;
-                if caught_up > 0 {
-                    tracing::info!(activities = caught_up, "recent positions back-filled");
+                if tracker.owed_len() > 0 {
+                    let settled = tracker.settle_leaderboards().await;
+                    if settled > 0 {
+                        tracing::info!(activities = settled, "leaderboard differences added");
+                    }
                 }
             }
             _ = stopped(&mut stop) => return,

@@ -110,6 +110,9 @@ pub struct Tracker {
     /// down), with the earliest point time it missed (`Millis::MAX` if it
     /// missed only state or statistics). `backfill` re-publishes from there.
     unpublished: DashMap<Uuid, Millis>,
+    /// Completed activities whose leaderboard difference could not be
+    /// added (Redis down); `settle_leaderboards` retries them.
+    owed: DashMap<Uuid, ()>,
 }
 
 impl Tracker {
@@ -128,6 +131,7 @@ impl Tracker {
             leaderboard,
             registry,
             unpublished: DashMap::new(),
+            owed: DashMap::new(),
         }
     }
 
@@ -160,8 +164,10 @@ impl Tracker {
 
     /// Brings a completed activity's leaderboard contribution up to its
     /// distance by adding only the difference (see `store::leaderboard`).
-    /// If the leaderboard is unavailable the difference stays owed and is
-    /// added by the next completion retry or late point.
+    /// If the leaderboard is unavailable the difference stays owed: the
+    /// sweeper retries it every second (`settle_leaderboards`), and so does
+    /// the next completion retry or late point (also after a restart, since
+    /// the stored record keeps what was added).
     async fn count_on_leaderboards(&self, activity: &mut Activity) {
         if activity.state != ActivityState::Complete {
             return;
@@ -174,6 +180,7 @@ impl Tracker {
             Ok(user) => user.and_then(|u| u.region),
             Err(e) => {
                 tracing::warn!(error = %e, "leaderboard update postponed");
+                self.owed.insert(activity.id, ());
                 return;
             }
         };
@@ -187,12 +194,47 @@ impl Tracker {
             .add(&boards, activity.athlete_id, delta)
             .await
         {
-            Ok(()) => activity.leaderboard_m = activity.track.distance_m,
+            Ok(()) => {
+                activity.leaderboard_m = activity.track.distance_m;
+                self.owed.remove(&activity.id);
+            }
             Err(e) => {
                 metrics::counter!("trailcast_leaderboard_failures_total").increment(1);
                 tracing::warn!(error = %e, activity = %activity.id, "leaderboard update postponed");
+                self.owed.insert(activity.id, ());
             }
         }
+    }
+
+    pub fn owed_len(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Adds the leaderboard differences still owed; returns how many
+    /// activities were settled.
+    pub async fn settle_leaderboards(&self) -> usize {
+        let owed: Vec<Uuid> = self.owed.iter().map(|e| *e.key()).collect();
+        let mut settled = 0;
+        for id in owed {
+            let Ok(hot) = self.load(id).await else {
+                continue;
+            };
+            let mut hot = hot.lock().await;
+            let mut next = hot.activity.clone();
+            self.count_on_leaderboards(&mut next).await;
+            if next.leaderboard_m == hot.activity.leaderboard_m {
+                continue;
+            }
+            // Counted: keep that in memory whatever happens to the write,
+            // so this process never counts it twice; the record is saved
+            // now or with the activity's next write.
+            if let Err(e) = self.store.activities.put_activity(&next).await {
+                tracing::warn!(error = %e, activity = %id, "leaderboard progress not saved yet");
+            }
+            hot.activity = next;
+            settled += 1;
+        }
+        settled
     }
 
     /// Appends to the activity's recent stream for watchers. A failure is

@@ -71,6 +71,8 @@ const POINTS_PER_BATCH: usize = 100;
 const BATCHES_IN_FLIGHT: usize = 64;
 /// Point lookups in flight for one `points_exist` call.
 const LOOKUPS_IN_FLIGHT: usize = 32;
+/// Rows per page when a whole partition is read (friend lists).
+const MAX_PAGE_ROWS: usize = 1_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The schema with the keyspace and its replication filled in; with the
@@ -427,8 +429,9 @@ impl ScyllaStore {
         let mut out = Vec::new();
         let mut state = PagingState::start();
         while out.len() < limit {
+            let page_size = (limit - out.len()).min(MAX_PAGE_ROWS);
             let (result, next) = self
-                .page(statement, values.clone(), limit - out.len(), state)
+                .page(statement, values.clone(), page_size, state)
                 .await?;
             let rows = result.into_rows_result().map_err(backend)?;
             for row in rows.rows::<R>().map_err(corrupt)? {

@@ -272,6 +272,30 @@ async fn ingest_survives_a_redis_outage_and_watchers_catch_up_after_it() {
         5,
         "persisted while Redis was down"
     );
+    // A walk finished while Redis is down owes its distance to the
+    // leaderboards.
+    let walk = app
+        .start(&ann, json!({"type": "WALK", "started_at": t0}))
+        .await;
+    // 1.1 m/s, a fix every 10 s: about 100 m.
+    let stroll: Vec<_> = (0..10)
+        .map(|i| json!({"ts": t0 + i * 10_000, "lat": 48.0 + i as f64 * 1e-4, "lng": 11.0}))
+        .collect();
+    let (status, _) = app
+        .post_points(&ann, &walk, json!({ "points": stroll }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, walked) = app
+        .patch(
+            &format!("/v1/activities/{walk}"),
+            &ann.token,
+            json!({"state": "COMPLETE"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{walked}");
+    let walked_m = walked["stats"]["distance_m"].as_f64().unwrap();
+    assert!(walked_m > 50.0, "{walked}");
+
     let (status, now_live) = app.get("/v1/live", &fan.token).await;
     assert_eq!(status, StatusCode::OK, "{now_live}");
     assert_eq!(
@@ -290,6 +314,23 @@ async fn ingest_survives_a_redis_outage_and_watchers_catch_up_after_it() {
             break;
         }
         assert!(Instant::now() < deadline, "never recovered: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The owed distance is added once Redis is back, without another
+    // COMPLETE (the restarted Redis is empty, so it is all there is).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, board) = app
+            .get("/v1/leaderboards/WALK?window=all", &ann.token)
+            .await;
+        if let Some(m) = board["items"][0]["distance_m"].as_f64() {
+            assert!((m - walked_m).abs() < 0.2, "{board} vs {walked_m}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "owed distance never added: {board}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The back-filled stream reaches watchers once their lag has passed.

@@ -12,8 +12,15 @@
 //!   post is skipped and counted as `client backlog`, so a stalled server
 //!   cannot grow loadgen memory without bound.
 //! - watcher tasks (optional, `--watchers`): each polls one activity's live
-//!   endpoint on its own open-loop schedule.
+//!   endpoint (`lag=--watch-lag`) on its own open-loop schedule.
+//! - WebSocket watcher tasks (optional, `--ws-watchers`, ingest phase only;
+//!   see `ws`): each holds one live WebSocket, connecting when the phase
+//!   starts and closing when it ends.
 //! - the progress task, which redraws the bar four times a second.
+//!
+//! With `--redis-info`, Redis's `used_memory` is read before setup, after
+//! setup and right after the ingest phase (`redis_info`), the activities
+//! still live.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +33,7 @@ use tokio::sync::Semaphore;
 
 use crate::client::{self, post_json};
 use crate::options::Options;
+use crate::redis_info::{self, RedisMemory};
 use crate::report::{Phase, Report};
 use crate::server_metrics;
 use crate::setup::{self, Fleet};
@@ -33,6 +41,7 @@ use crate::sim::{Shape, mix};
 use crate::stats::{Endpoint, ErrorKind};
 use crate::verify::{self, VerifyReport};
 use crate::wheel::{SLOT_MS, Wheel};
+use crate::ws::WsWatchers;
 
 /// Request tasks alive at most, as a multiple of the connection pool.
 const BACKLOG_FACTOR: usize = 8;
@@ -93,25 +102,43 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     bar.enable_steady_tick(Duration::from_millis(250));
     let shape = shape_of(&opts);
 
+    // Before any activity exists; a Redis that does not answer now is a
+    // mistake in the options, not something to report at the end.
+    let redis_before = match &opts.redis_info {
+        Some(url) => Some(
+            redis_info::used_memory(url)
+                .await
+                .map_err(|e| e.context("--redis-info: reading INFO memory before setup"))?,
+        ),
+        None => None,
+    };
     let mem_before = server_metrics::sample(&client, &opts.target).await;
     let users_stats = Endpoint::new("setup: POST /v1/users");
     let activities_stats = Endpoint::new("setup: POST /v1/activities");
     let (fleet, times) =
         setup::create_fleet(&client, &opts, &users_stats, &activities_stats, &bar).await?;
     let mem_after_setup = server_metrics::sample(&client, &opts.target).await;
+    let redis_after_setup = match &opts.redis_info {
+        Some(url) if redis_before.is_some() => Some(redis_info::used_memory(url).await),
+        _ => None,
+    };
     let fleet = Arc::new(fleet);
 
     let mut phases = Vec::new();
     let mut ingest_base_ms = None;
     if opts.baseline || opts.baseline_only {
-        let (phase, _) = drive(&opts, &client, &fleet, Mode::Baseline, &bar).await;
+        let (phase, _) = drive(&opts, &client, &fleet, Mode::Baseline, &bar).await?;
         phases.push(phase);
     }
+    let mut redis_after_run = None;
     if !opts.baseline_only {
         for a in &fleet.athletes {
             a.acked.store(0, Ordering::Release);
         }
-        let (phase, base_ms) = drive(&opts, &client, &fleet, Mode::Ingest, &bar).await;
+        let (phase, base_ms) = drive(&opts, &client, &fleet, Mode::Ingest, &bar).await?;
+        if let Some(url) = &opts.redis_info {
+            redis_after_run = Some(redis_info::used_memory(url).await);
+        }
         phases.push(phase);
         ingest_base_ms = Some(base_ms);
     }
@@ -127,12 +154,23 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         _ => None,
     };
 
+    let redis_memory = match (&opts.redis_info, redis_before, redis_after_setup) {
+        (Some(url), Some(before), Some(after_setup)) => Some(RedisMemory::new(
+            url,
+            before,
+            after_setup,
+            redis_after_run,
+            opts.athletes,
+        )),
+        _ => None,
+    };
     let report = Report::build(
         &opts,
         (&users_stats, &activities_stats),
         times,
         phases,
         (mem_before, mem_after_setup, mem_after_run),
+        redis_memory,
         verified,
     );
     Ok(Outcome {
@@ -164,7 +202,7 @@ async fn drive(
     fleet: &Arc<Fleet>,
     mode: Mode,
     bar: &ProgressBar,
-) -> (Phase, i64) {
+) -> anyhow::Result<(Phase, i64)> {
     let lead = Duration::from_millis(50);
     let st = Arc::new(PhaseState {
         opts: opts.clone(),
@@ -189,6 +227,11 @@ async fn drive(
             .collect()
     } else {
         Vec::new()
+    };
+    let ws_watchers = if mode == Mode::Ingest && opts.ws_watchers > 0 {
+        Some(WsWatchers::start(opts, fleet)?)
+    } else {
+        None
     };
 
     let max_interval = fleet
@@ -248,8 +291,11 @@ async fn drive(
             let s = st.posts.summary(Duration::from_millis(now.max(1)));
             let rate = (requests - last_draw.1) as f64 / last_draw.0.elapsed().as_secs_f64();
             bar.set_position(now / 1000);
+            let ws = ws_watchers
+                .as_ref()
+                .map_or(String::new(), |w| format!(", {} WebSockets open", w.open()));
             bar.set_message(format!(
-                "{label}: {rate:.0} req/s, {} ok, {} errors, p99 {:.1} ms, {} in flight",
+                "{label}: {rate:.0} req/s, {} ok, {} errors, p99 {:.1} ms, {} in flight{ws}",
                 s.ok,
                 s.errors,
                 s.latency_ms.p99,
@@ -259,6 +305,9 @@ async fn drive(
         }
     }
     stop.store(true, Ordering::Release);
+    if let Some(w) = &ws_watchers {
+        w.stop();
+    }
     // Let every request planned inside the window finish (or time out).
     let drain_until = Instant::now() + opts.request_timeout() + Duration::from_secs(2);
     while st.alive.load(Ordering::Acquire) > 0 && Instant::now() < drain_until {
@@ -268,6 +317,10 @@ async fn drive(
         let _ = w.await;
     }
     let window = opts.run_for();
+    let ws = match ws_watchers {
+        Some(w) => Some(w.finish(window).await),
+        None => None,
+    };
     let mut endpoints = vec![st.posts.summary(window)];
     if mode == Mode::Ingest && opts.watchers > 0 {
         endpoints.push(live.summary(window));
@@ -278,8 +331,9 @@ async fn drive(
         endpoints,
         offline_posts_skipped: offline,
         posts_coalesced: coalesced,
+        ws_watchers: ws,
     };
-    (phase, st.base_ms)
+    Ok((phase, st.base_ms))
 }
 
 #[derive(Deserialize)]
@@ -347,7 +401,8 @@ async fn post(st: Arc<PhaseState>, i: u32, n: u64, planned_ms: u64) {
 }
 
 /// A watcher: polls one activity's live endpoint every (scaled) watch
-/// interval with the cursor of its last answer, until the phase stops.
+/// interval with the cursor of its last answer and `lag=--watch-lag`, until
+/// the phase stops.
 async fn watch(st: Arc<PhaseState>, stats: Arc<Endpoint>, stop: Arc<AtomicBool>, w: usize) {
     let fleet = &st.fleet;
     let i = (mix(st.opts.seed ^ 0x77a7c4 ^ mix(w as u64)) % fleet.athletes.len() as u64) as usize;
@@ -355,13 +410,15 @@ async fn watch(st: Arc<PhaseState>, stats: Arc<Endpoint>, stop: Arc<AtomicBool>,
         ((st.opts.watch_interval_ms as f64 * st.opts.time_scale) as u64).max(SLOT_MS),
     );
     let offset = Duration::from_millis(mix(w as u64) % every.as_millis().max(1) as u64);
-    let Ok(base) = reqwest::Url::parse(&format!(
+    let Ok(mut base) = reqwest::Url::parse(&format!(
         "{}/v1/activities/{}/live",
         st.opts.target,
         fleet.activity_id(i)
     )) else {
         return;
     };
+    base.query_pairs_mut()
+        .append_pair("lag", &st.opts.watch_lag.to_string());
     let token = fleet.token_of(i);
     let end = st.base + st.opts.run_for();
     let mut cursor: Option<String> = None;

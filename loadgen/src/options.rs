@@ -51,12 +51,34 @@ pub struct Options {
     /// Per mille of 20-post stretches an athlete stands still (pauses).
     #[arg(long, default_value_t = 50)]
     pub pause_permille: u32,
-    /// Simulated watchers polling GET /v1/activities/{id}/live.
+    /// Simulated watchers polling GET /v1/activities/{id}/live?lag=…
+    /// (each picks an activity at random and uses its athlete's token).
     #[arg(long, default_value_t = 0)]
     pub watchers: usize,
     /// Watcher poll interval in ms (before --time-scale).
     #[arg(long, default_value_t = 2000)]
     pub watch_interval_ms: u64,
+    /// Simulated watchers each holding one WebSocket to
+    /// GET /v1/activities/{id}/live/ws?lag=…&token=…, spread evenly over the
+    /// activities (with the athlete's own token). They connect at the start
+    /// of the ingest phase, `WS_CONNECT_CONCURRENCY` handshakes at a time,
+    /// and close at its end; the report gives the delay of each point after
+    /// its timestamp (playback delay, lag included).
+    #[arg(long, default_value_t = 0)]
+    pub ws_watchers: usize,
+    /// Playback lag both kinds of watcher ask for (`lag=`), in seconds,
+    /// 5 to 10 as the server allows. Not stretched by --time-scale.
+    #[arg(long, default_value_t = 8.0)]
+    pub watch_lag: f64,
+    /// Redis the server under test uses (redis://127.0.0.1:6379; only this
+    /// machine): its `INFO memory` `used_memory` is read before setup,
+    /// after setup and at the end of the ingest phase to price one live
+    /// activity in Redis bytes. Anything else stored in that Redis while the
+    /// run goes counts too. The server's streams keep about 60 s of items
+    /// in preallocated 4 KiB nodes, so runs under a minute or two
+    /// understate the steady state.
+    #[arg(long, value_name = "URL")]
+    pub redis_info: Option<String>,
     /// How long the load runs, in seconds (each phase with --baseline).
     #[arg(long, default_value_t = 30)]
     pub duration: u64,
@@ -91,6 +113,9 @@ pub struct Options {
     pub quiet: bool,
 }
 
+/// WebSocket handshakes in progress at most while the watchers connect.
+pub const WS_CONNECT_CONCURRENCY: usize = 64;
+
 /// Shortest scaled posting interval (a few scheduler slots).
 pub const MIN_SCALED_INTERVAL_MS: f64 = 20.0;
 
@@ -105,6 +130,10 @@ impl Options {
             Some("127.0.0.1" | "localhost" | "[::1]") => {}
             other => bail!("--target must be on this machine (127.0.0.1), not {other:?}"),
         }
+        ensure!(
+            self.ws_watchers == 0 || url.scheme() == "http",
+            "--ws-watchers need an http:// --target (ws://, no TLS)"
+        );
         self.target = self.target.trim_end_matches('/').to_string();
         ensure!(self.athletes >= 1, "--athletes must be at least 1");
         ensure!(
@@ -135,6 +164,13 @@ impl Options {
             self.setup_concurrency >= 1,
             "--setup-concurrency must be at least 1"
         );
+        ensure!(
+            (5.0..=10.0).contains(&self.watch_lag),
+            "--watch-lag must be 5 to 10 seconds"
+        );
+        if let Some(url) = &self.redis_info {
+            crate::redis_info::address(url)?;
+        }
         if let Some(rate) = self.rate {
             ensure!(rate > 0.0, "--rate must be positive");
             self.time_scale = self.unscaled_rate() / rate;

@@ -1,16 +1,23 @@
 //! The final report: what was simulated and scaled, how setup went, each
-//! phase's endpoints, ingest as a fraction of the baseline, and the
-//! server's memory per live activity. Rendered as text or JSON.
+//! phase's endpoints (and WebSocket watchers), ingest as a fraction of the
+//! baseline, and memory per live activity in the server and in Redis.
+//! Rendered as text or JSON.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
 use crate::options::Options;
+use crate::redis_info::RedisMemory;
 use crate::server_metrics::{PerActivity, Sample, per_activity};
 use crate::setup::SetupTimes;
 use crate::stats::{Endpoint, EndpointSummary};
 use crate::verify::VerifyReport;
+use crate::ws::WsSummary;
+
+/// How long the server keeps items in an activity's Redis stream
+/// (`MINID ~ now - 60 s`, README "Redis").
+const REDIS_WINDOW_S: f64 = 60.0;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -18,13 +25,19 @@ pub struct Report {
     pub athletes: usize,
     pub users: usize,
     pub activities_per_user: usize,
+    /// Polling watchers.
     pub watchers: usize,
+    pub ws_watchers: usize,
+    /// The lag both kinds of watcher ask for, in seconds.
+    pub watch_lag_s: f64,
     pub points_per_request: usize,
     pub scaling: Scaling,
     pub setup: Setup,
     pub phases: Vec<Phase>,
     pub ingest_vs_baseline: Option<VsBaseline>,
     pub server_memory: ServerMemory,
+    /// With --redis-info: Redis `used_memory` per live activity.
+    pub redis_memory: Option<RedisMemory>,
     pub verify: Option<VerifyReport>,
 }
 
@@ -59,6 +72,8 @@ pub struct Phase {
     pub offline_posts_skipped: u64,
     /// Posts folded into the next one because the previous was in flight.
     pub posts_coalesced: u64,
+    /// The WebSocket watchers (ingest phase with --ws-watchers).
+    pub ws_watchers: Option<WsSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +99,7 @@ impl Report {
         times: SetupTimes,
         phases: Vec<Phase>,
         memory: (Option<Sample>, Option<Sample>, Option<Sample>),
+        redis_memory: Option<RedisMemory>,
         verify: Option<VerifyReport>,
     ) -> Report {
         let users = opts.users();
@@ -109,6 +125,8 @@ impl Report {
             users,
             activities_per_user: opts.activities_per_user,
             watchers: opts.watchers,
+            ws_watchers: opts.ws_watchers,
+            watch_lag_s: opts.watch_lag,
             points_per_request: opts.points_per_request,
             scaling: Scaling {
                 time_scale: opts.time_scale,
@@ -139,6 +157,7 @@ impl Report {
                 after_setup: before.zip(after_setup).map(|(b, a)| per_activity(b, a)),
                 after_run: before.zip(after_run).map(|(b, a)| per_activity(b, a)),
             },
+            redis_memory,
             verify,
         }
     }
@@ -153,12 +172,13 @@ impl Report {
         let _ = writeln!(o, "trailcast-loadgen against {}", self.target);
         let _ = writeln!(
             o,
-            "  {} live activities, {} users ({} per user), {} watchers, {} point(s) per post",
-            self.athletes,
-            self.users,
-            self.activities_per_user,
-            self.watchers,
-            self.points_per_request
+            "  {} live activities, {} users ({} per user), {} point(s) per post",
+            self.athletes, self.users, self.activities_per_user, self.points_per_request
+        );
+        let _ = writeln!(
+            o,
+            "  watchers: {} polling, {} on WebSockets, lag {} s",
+            self.watchers, self.ws_watchers, self.watch_lag_s
         );
         let _ = writeln!(
             o,
@@ -206,6 +226,9 @@ impl Report {
                 };
                 endpoint_text(&mut o, e, unit);
             }
+            if let Some(w) = &p.ws_watchers {
+                ws_text(&mut o, w);
+            }
         }
         if let Some(v) = &self.ingest_vs_baseline {
             let _ = writeln!(
@@ -238,6 +261,20 @@ impl Report {
                 None => {
                     let _ = writeln!(o, "  {label}: gauges not available");
                 }
+            }
+        }
+        if let Some(r) = &self.redis_memory {
+            redis_text(&mut o, r, self.athletes);
+            if self
+                .phases
+                .iter()
+                .any(|p| p.name == "ingest" && p.duration_s < REDIS_WINDOW_S)
+            {
+                let _ = writeln!(
+                    o,
+                    "  (a recent-position stream keeps about {REDIS_WINDOW_S:.0} s of items in 4 KiB \
+                     nodes allocated whole: a shorter run understates the steady state)"
+                );
             }
         }
         if let Some(v) = &self.verify {
@@ -277,5 +314,105 @@ fn endpoint_text(o: &mut String, e: &EndpointSummary, unit: &str) {
     );
     for (kind, n) in &e.errors_by_kind {
         let _ = writeln!(o, "    error {kind}: {n}");
+    }
+}
+
+fn ws_text(o: &mut String, w: &WsSummary) {
+    let c = &w.connect_ms;
+    let _ = writeln!(
+        o,
+        "  WebSocket watchers, {} (lag {} s): {} watchers, {} connected, {} connect errors{}",
+        w.endpoint,
+        w.lag_s,
+        w.watchers,
+        w.connected,
+        w.connect_errors,
+        if w.not_connected > 0 {
+            format!(", {} not connected by the end", w.not_connected)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        o,
+        "    handshake ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        c.p50, c.p90, c.p99, c.max
+    );
+    for (kind, n) in &w.connect_errors_by_kind {
+        let _ = writeln!(o, "    connect error {kind}: {n}");
+    }
+    let _ = writeln!(
+        o,
+        "    at the end: {} still connected (then closed by the loadgen), {} closed by the server with 1000 (activity finished), {} dropped by the server",
+        w.still_connected_at_end, w.finished_by_server, w.dropped_by_server
+    );
+    for (why, n) in &w.dropped_by_reason {
+        let _ = writeln!(o, "    dropped, {why}: {n}");
+    }
+    let _ = writeln!(
+        o,
+        "    received: {} messages ({:.0}/s), {} points ({:.0}/s) plus {} in catch-up messages, {} marked late, {} malformed messages",
+        w.messages,
+        w.messages_per_s,
+        w.points,
+        w.points_per_s,
+        w.catch_up_points,
+        w.late_points,
+        w.malformed_messages
+    );
+    let _ = writeln!(
+        o,
+        "    per watcher: {} to {} points, {} watchers received none",
+        w.points_per_watcher_min, w.points_per_watcher_max, w.watchers_without_points
+    );
+    let d = &w.delay_after_ts_ms;
+    let _ = writeln!(
+        o,
+        "    playback delay ms (arrival here - point ts; includes the {} s lag, not a request latency):",
+        w.lag_s
+    );
+    let _ = writeln!(
+        o,
+        "      p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  mean {:.0}",
+        d.p50, d.p90, d.p99, d.p999, d.max, d.mean
+    );
+}
+
+fn redis_text(o: &mut String, r: &RedisMemory, athletes: usize) {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let _ = writeln!(
+        o,
+        "\nredis memory (INFO used_memory at {}, over {athletes} activities):",
+        r.url
+    );
+    for (label, after, per) in [
+        (
+            "after setup",
+            r.after_setup_bytes,
+            r.bytes_per_activity_after_setup,
+        ),
+        (
+            "after run (activities still live)",
+            r.after_run_bytes,
+            r.bytes_per_activity,
+        ),
+    ] {
+        match after.zip(per) {
+            Some((after, per)) => {
+                let _ = writeln!(
+                    o,
+                    "  {label}: used {:.1} -> {:.1} MiB: {per:.0} redis bytes per live activity",
+                    mib(r.before_setup_bytes),
+                    mib(after)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "  {label}: n/a ({})",
+                    r.error.as_deref().unwrap_or("not read")
+                );
+            }
+        }
     }
 }

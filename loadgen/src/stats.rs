@@ -87,13 +87,31 @@ pub struct Latency {
     pub mean: f64,
 }
 
+/// An empty histogram of µs, 1 µs to 5 minutes, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// Quantiles of a histogram of µs, in ms.
+pub fn latency_of(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let q = |x: f64| ms(h.value_at_quantile(x));
+    Latency {
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: ms(h.max()),
+        mean: h.mean() / 1000.0,
+    }
+}
+
 impl Endpoint {
     pub fn new(name: &'static str) -> Endpoint {
         Endpoint {
             name,
             inner: Mutex::new(Inner {
-                latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-                    .expect("valid histogram bounds"),
+                latency: histogram(),
                 ok: 0,
                 points_sent: 0,
                 points_accepted: 0,
@@ -147,8 +165,6 @@ impl Endpoint {
     pub fn summary(&self, elapsed: Duration) -> EndpointSummary {
         self.with(|i| {
             let secs = elapsed.as_secs_f64().max(1e-9);
-            let ms = |us: u64| us as f64 / 1000.0;
-            let q = |x: f64| ms(i.latency.value_at_quantile(x));
             let errors = request_errors(&i.errors);
             EndpointSummary {
                 endpoint: self.name.to_string(),
@@ -161,14 +177,7 @@ impl Endpoint {
                 points_accepted: i.points_accepted,
                 points_duplicate: i.points_duplicate,
                 points_acked_per_s: (i.points_accepted + i.points_duplicate) as f64 / secs,
-                latency_ms: Latency {
-                    p50: q(0.5),
-                    p90: q(0.9),
-                    p99: q(0.99),
-                    p999: q(0.999),
-                    max: ms(i.latency.max()),
-                    mean: i.latency.mean() / 1000.0,
-                },
+                latency_ms: latency_of(&i.latency),
                 errors_by_kind: i.errors.iter().map(|(k, n)| (k.label(), *n)).collect(),
             }
         })

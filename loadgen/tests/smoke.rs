@@ -1,6 +1,7 @@
 //! CI smoke run: the real server in-process on port 0, a few hundred
 //! athletes for a few seconds (some offline, uploading later as a batch),
-//! then every acknowledged point must be readable from its route.
+//! watched by polling and WebSocket watchers at the shortest lag, then
+//! every acknowledged point must be readable from its route.
 
 use std::time::Instant;
 
@@ -43,10 +44,16 @@ async fn a_short_run_loses_no_acknowledged_point() {
         "400",
         "--offline-permille",
         "300",
+        // Long enough for the points of the first second to come out of
+        // the 5 s lag to the WebSocket watchers.
         "--duration",
-        "6",
+        "7",
         "--baseline",
         "--watchers",
+        "5",
+        "--ws-watchers",
+        "8",
+        "--watch-lag",
         "5",
         "--verify",
         &athletes.to_string(),
@@ -75,6 +82,34 @@ async fn a_short_run_loses_no_acknowledged_point() {
     assert!(
         ingest.offline_posts_skipped > 0,
         "some phones went offline and uploaded later"
+    );
+    let ws = ingest.ws_watchers.as_ref().expect("WebSocket watchers ran");
+    assert_eq!(ws.watchers, 8);
+    assert_eq!(
+        ws.connected, 8,
+        "connect errors: {:?}",
+        ws.connect_errors_by_kind
+    );
+    assert_eq!(
+        ws.dropped_by_server, 0,
+        "dropped: {:?}",
+        ws.dropped_by_reason
+    );
+    assert_eq!(ws.still_connected_at_end, 8);
+    assert_eq!(ws.malformed_messages, 0);
+    assert_eq!(
+        ws.watchers_without_points, 0,
+        "every WebSocket watcher received points ({} in all)",
+        ws.points
+    );
+    assert!(
+        ws.delay_after_ts_ms.p50 >= 5000.0,
+        "a point is released no earlier than the lag after its ts: {:?}",
+        ws.delay_after_ts_ms
+    );
+    assert!(
+        baseline_has_no_ws(report),
+        "WebSocket watchers only watch the ingest phase"
     );
     let baseline = report
         .phases
@@ -109,4 +144,12 @@ async fn a_short_run_loses_no_acknowledged_point() {
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+fn baseline_has_no_ws(report: &trailcast_loadgen::Report) -> bool {
+    report
+        .phases
+        .iter()
+        .filter(|p| p.name == "baseline")
+        .all(|p| p.ws_watchers.is_none())
 }

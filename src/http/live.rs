@@ -213,12 +213,16 @@ async fn poll(
     let (_, snapshot) = authorize(&ctx, &headers, &q, id).await?;
     let (feed, _) = ctx.live.feed(id, false).await?;
     let now = now_ms();
+    // A cursor older than what the window still holds (a poller that was
+    // away longer than the window) gets a fresh catch-up, flagged `reset`:
+    // points are identified by `ts`, so the client merges them.
+    let reset = after.is_some_and(|c| feed.lost_since(c));
     let (points, entries) = match after {
-        None => catch_up(&ctx, &feed, &snapshot, now, lag).await?,
-        Some(_) => {
+        Some(_) if !reset => {
             let entries = feed.released(after, now, lag, MAX_POLL_ENTRIES);
             (entries.iter().filter_map(point_json).collect(), entries)
         }
+        _ => catch_up(&ctx, &feed, &snapshot, now, lag).await?,
     };
     let cursor = entries
         .last()
@@ -247,6 +251,7 @@ async fn poll(
         "state_at": state["at"],
         "stats": stats,
         "cursor": cursor.to_string(),
+        "reset": reset,
         "server_time": to_rfc3339(now),
         "lag_s": lag.seconds(),
         "retry_after_ms": retry_after_ms,

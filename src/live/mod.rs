@@ -76,6 +76,10 @@ struct Window {
     entries: VecDeque<LiveEntry>,
     max_point_ts: Option<Millis>,
     last: Option<StreamCursor>,
+    /// The newest entry known to be missing from the window: trimmed here,
+    /// or (when the first read began mid-stream) just before the first one
+    /// read. A cursor older than this may have skipped entries.
+    missing_upto: Option<StreamCursor>,
 }
 
 pub struct Feed {
@@ -120,6 +124,27 @@ impl Feed {
             let n = page.len();
             if n > 0 {
                 let mut w = self.window.write().expect("feed lock");
+                if w.last.is_none()
+                    && !matches!(
+                        page[0].item,
+                        RecentItem::State {
+                            state: ActivityState::Started,
+                            ..
+                        }
+                    )
+                {
+                    let first = page[0].cursor;
+                    w.missing_upto = Some(match first.seq {
+                        0 => StreamCursor {
+                            ms: first.ms - 1,
+                            seq: u64::MAX,
+                        },
+                        seq => StreamCursor {
+                            seq: seq - 1,
+                            ..first
+                        },
+                    });
+                }
                 for entry in page {
                     let late = match &entry.item {
                         RecentItem::Point(p) => {
@@ -140,7 +165,8 @@ impl Feed {
                 while w.entries.len() > RECENT_CAP
                     || w.entries.front().is_some_and(|e| e.cursor.ms < oldest_kept)
                 {
-                    w.entries.pop_front();
+                    let gone = w.entries.pop_front().map(|e| e.cursor);
+                    w.missing_upto = gone.max(w.missing_upto);
                 }
             }
             total += n;
@@ -224,6 +250,13 @@ impl Feed {
                 RecentItem::State { state, at } => Some((*state, *at)),
                 _ => None,
             })
+    }
+
+    /// Whether a watcher at `cursor` may have missed entries that left the
+    /// window (it polled too rarely): it should catch up afresh.
+    pub fn lost_since(&self, cursor: StreamCursor) -> bool {
+        let w = self.window.read().expect("feed lock");
+        w.missing_upto.is_some_and(|m| cursor < m)
     }
 
     /// Whether the window still holds the activity from its first entry

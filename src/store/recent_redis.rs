@@ -9,10 +9,10 @@
 //!
 //! Stream ids are Redis's own `<ms>-<seq>` (the server's clock), which are
 //! exactly our `StreamCursor`s: every node releases the same entry at the
-//! same moment. `append` is one pipeline (`XADD … MINID ~ <now - 60 s>` per
+//! same moment. `append` is one pipeline (`XADD … MINID ~ <now - 30 s>` per
 //! item, an `XTRIM MAXLEN ~ RECENT_CAP` as a hard bound and a `PEXPIRE`), so
-//! an ingest request costs one round trip and a steady stream keeps about a
-//! minute of entries.
+//! an ingest request costs one round trip and a steady stream keeps about
+//! 30 s of entries.
 //!
 //! Availability: the connection manager connects lazily and reconnects on
 //! its own; every call has a short response timeout, so when Redis is down
@@ -99,7 +99,7 @@ impl RecentStore for RedisRecentStore {
     async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()> {
         let key = self.key(activity);
         // MINID trims by time (ids are arrival ms); the node's clock stands
-        // in for Redis's, close enough for a 60 s window.
+        // in for Redis's, close enough for a 30 s window.
         let min_id = now_ms() - RECENT_WINDOW_MS;
         let mut pipe = redis::pipe();
         for item in items {

@@ -363,3 +363,74 @@ async fn ingest_survives_a_redis_outage_and_watchers_catch_up_after_it() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test]
+async fn a_poller_whose_cursor_left_the_window_is_caught_up_afresh() {
+    let prefix = prefix();
+    let app = spawn_app_with(|c| {
+        c.redis_url = Some(SHARED_REDIS.into());
+        c.redis_prefix = prefix.clone();
+    })
+    .await;
+    let ann = app.user("Ann").await;
+    let t0 = now_ms() - 60_000;
+    let id = app
+        .start(&ann, json!({"type": "RUN", "started_at": t0}))
+        .await;
+    let pts: Vec<_> = (1..4)
+        .map(|i| json!({"ts": t0 + i * 1000, "lat": 48.0 + i as f64 * 1e-5, "lng": 11.0}))
+        .collect();
+    assert_eq!(
+        app.post_points(&ann, &id, json!({ "points": pts })).await.0,
+        StatusCode::OK
+    );
+    // Trim the stream's beginning (its start and first statistics) as the
+    // time window would after 30 s, before any node reads it.
+    let store = RedisRecentStore::new(SHARED_REDIS, &prefix).unwrap();
+    let stream = store.since(id.parse().unwrap(), None, 100).await.unwrap();
+    let first_point = stream
+        .iter()
+        .find(|e| matches!(e.item, RecentItem::Point(_)))
+        .unwrap()
+        .cursor;
+    let mut conn = store.connection();
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(format!("{prefix}recent:{{{id}}}"))
+        .arg("MINID")
+        .arg(first_point.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cursor = loop {
+        let (status, body) = app
+            .get(
+                &format!("/v1/activities/{id}/live?lag=5&after=1-0"),
+                &ann.token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["reset"], true, "{body}");
+        if body["points"].as_array().unwrap().len() == 3 {
+            break body["cursor"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "points never released: {body}");
+        let retry = body["retry_after_ms"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(retry)).await; // as a client is told to
+    };
+    let (_, body) = app
+        .get(
+            &format!("/v1/activities/{id}/live?lag=5&after={cursor}"),
+            &ann.token,
+        )
+        .await;
+    assert_eq!(
+        (
+            body["reset"].as_bool(),
+            body["points"].as_array().unwrap().len()
+        ),
+        (Some(false), 0),
+        "an up-to-date cursor goes on: {body}"
+    );
+}

@@ -10,11 +10,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::helpers::{TestApp, cql_server, now_ms, start_binary};
 use crate::live::{close_reason, connect, next_json};
-use crate::redis::SHARED_REDIS;
+use crate::redis::{SHARED_REDIS, prefix};
 
 const LAG_S: i64 = 5;
 const POINTS: usize = 8;
@@ -63,7 +62,7 @@ async fn an_athlete_posting_to_node_a_is_watched_through_node_b() {
     let cql = cql_server();
     let (keyspace, _) = cql.keyspace().await;
     println!("two nodes on {}, keyspace {keyspace}", cql.name());
-    let prefix = format!("tc-test-{}:", Uuid::now_v7());
+    let prefix = prefix();
     let nodes = cql.nodes.join(",");
     let args = [
         "--rate-limit",

@@ -7,14 +7,12 @@ use uuid::Uuid;
 
 use trailcast::domain::ActivityType;
 use trailcast::domain::time::now_ms;
-use trailcast::store::RecentStore;
 use trailcast::store::leaderboard::{
     Board, Leaderboard, MemoryLeaderboard, RedisLeaderboard, Window,
 };
-use trailcast::store::recent_redis::RedisRecentStore;
 
 use crate::helpers::{spawn_app, spawn_app_with, track};
-use crate::redis::SHARED_REDIS;
+use crate::redis::{SHARED_REDIS, prefix, shared_redis};
 
 async fn leaderboard_contract(board: &dyn Leaderboard) {
     let now = now_ms();
@@ -58,12 +56,8 @@ async fn leaderboard_contract_in_process() {
 
 #[tokio::test]
 async fn leaderboard_contract_on_redis() {
-    let prefix = format!("tc-test-{}:", Uuid::now_v7());
-    let recent = RedisRecentStore::new(SHARED_REDIS, &prefix).unwrap();
-    recent
-        .health()
-        .await
-        .unwrap_or_else(|e| panic!("no Redis at {SHARED_REDIS} ({e}); scripts/test starts one"));
+    let prefix = prefix();
+    let recent = shared_redis(&prefix).await;
     leaderboard_contract(&RedisLeaderboard::new(recent.connection(), &prefix)).await;
 }
 
@@ -167,7 +161,7 @@ async fn a_finished_activity_counts_exactly_once_in_process() {
 
 #[tokio::test]
 async fn a_finished_activity_counts_exactly_once_on_redis() {
-    let prefix = format!("tc-test-{}:", Uuid::now_v7());
+    let prefix = prefix();
     let app = spawn_app_with(|c| {
         c.redis_url = Some(SHARED_REDIS.to_string());
         c.redis_prefix = prefix;

@@ -18,12 +18,21 @@ use trailcast::store::recent_redis::RedisRecentStore;
 use trailcast::store::registry::{LiveRegistry, MemoryRegistry, REGISTRY_TTL_MS, RedisRegistry};
 use trailcast::store::{RecentItem, RecentStore};
 
-use crate::helpers::{now_ms, spawn_app_with};
+use crate::helpers::{now_ms, spawn_app_with, track};
 
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
-fn prefix() -> String {
+pub fn prefix() -> String {
     format!("tc-test-{}:", Uuid::now_v7())
+}
+
+/// The shared Redis under `prefix`, failing loudly if it does not answer.
+pub async fn shared_redis(prefix: &str) -> RedisRecentStore {
+    let store = RedisRecentStore::new(SHARED_REDIS, prefix).unwrap();
+    if let Err(e) = store.health().await {
+        panic!("no Redis at {SHARED_REDIS} ({e}); scripts/test starts one");
+    }
+    store
 }
 
 fn p(ts: i64) -> Point {
@@ -114,11 +123,7 @@ async fn recent_positions_contract_in_process() {
 
 #[tokio::test]
 async fn recent_positions_contract_on_redis() {
-    let store = RedisRecentStore::new(SHARED_REDIS, &prefix()).unwrap();
-    if let Err(e) = store.health().await {
-        panic!("no Redis at {SHARED_REDIS} ({e}); scripts/test starts one");
-    }
-    recent_contract(&store).await;
+    recent_contract(&shared_redis(&prefix()).await).await;
 }
 
 async fn registry_contract(registry: &dyn LiveRegistry) {
@@ -176,10 +181,7 @@ async fn live_registry_contract_in_process() {
 
 #[tokio::test]
 async fn live_registry_contract_on_redis() {
-    let store = RedisRecentStore::new(SHARED_REDIS, &prefix()).unwrap();
-    if let Err(e) = store.health().await {
-        panic!("no Redis at {SHARED_REDIS} ({e}); scripts/test starts one");
-    }
+    let store = shared_redis(&prefix()).await;
     registry_contract(&RedisRegistry::new(store.connection(), &prefix())).await;
 }
 
@@ -278,9 +280,7 @@ async fn ingest_survives_a_redis_outage_and_watchers_catch_up_after_it() {
         .start(&ann, json!({"type": "WALK", "started_at": t0}))
         .await;
     // 1.1 m/s, a fix every 10 s: about 100 m.
-    let stroll: Vec<_> = (0..10)
-        .map(|i| json!({"ts": t0 + i * 10_000, "lat": 48.0 + i as f64 * 1e-4, "lng": 11.0}))
-        .collect();
+    let stroll = track(t0, 10, 10_000, 1.1);
     let (status, _) = app
         .post_points(&ann, &walk, json!({ "points": stroll }))
         .await;
@@ -386,7 +386,7 @@ async fn a_poller_whose_cursor_left_the_window_is_caught_up_afresh() {
     );
     // Trim the stream's beginning (its start and first statistics) as the
     // time window would after 30 s, before any node reads it.
-    let store = RedisRecentStore::new(SHARED_REDIS, &prefix).unwrap();
+    let store = shared_redis(&prefix).await;
     let stream = store.since(id.parse().unwrap(), None, 100).await.unwrap();
     let first_point = stream
         .iter()

@@ -155,6 +155,28 @@ impl EmbeddedStore {
         Ok(self.db.persist(PersistMode::SyncAll)?)
     }
 
+    /// Writes a JSON record and the token index naming it in one batch (the
+    /// write side of `get_by_token`), then syncs.
+    async fn put_with_token(
+        &self,
+        records: &Keyspace,
+        tokens: &Keyspace,
+        id: Uuid,
+        record: &impl serde::Serialize,
+        token_hash: [u8; 32],
+    ) -> StoreResult<()> {
+        let value = serde_json::to_vec(record).map_err(corrupt)?;
+        let (this, records, tokens) = (self.clone(), records.clone(), tokens.clone());
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.insert(&records, id.as_bytes().to_vec(), value);
+            batch.insert(&tokens, token_hash.to_vec(), id.as_bytes().to_vec());
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
     /// Flushes the journal to disk; called on shutdown.
     pub fn close(&self) -> StoreResult<()> {
         self.sync()
@@ -164,17 +186,8 @@ impl EmbeddedStore {
 #[async_trait]
 impl UserStore for EmbeddedStore {
     async fn create_user(&self, user: &User, token_hash: [u8; 32]) -> StoreResult<()> {
-        let this = self.clone();
-        let value = serde_json::to_vec(user).map_err(corrupt)?;
-        let id = user.id;
-        blocking(move || {
-            let mut batch = this.db.batch();
-            batch.insert(&this.users, id.as_bytes().to_vec(), value);
-            batch.insert(&this.tokens, token_hash.to_vec(), id.as_bytes().to_vec());
-            batch.commit()?;
-            this.sync()
-        })
-        .await
+        self.put_with_token(&self.users, &self.tokens, user.id, user, token_hash)
+            .await
     }
 
     async fn user(&self, id: Uuid) -> StoreResult<Option<User>> {
@@ -285,17 +298,9 @@ impl ActivityStore for EmbeddedStore {
     }
 
     async fn put_share(&self, share: &Share) -> StoreResult<()> {
-        let this = self.clone();
-        let value = serde_json::to_vec(share).map_err(corrupt)?;
         let (id, hash) = (share.id, share.token_hash);
-        blocking(move || {
-            let mut batch = this.db.batch();
-            batch.insert(&this.shares, id.as_bytes().to_vec(), value);
-            batch.insert(&this.share_tokens, hash.to_vec(), id.as_bytes().to_vec());
-            batch.commit()?;
-            this.sync()
-        })
-        .await
+        self.put_with_token(&self.shares, &self.share_tokens, id, share, hash)
+            .await
     }
 
     async fn share(&self, id: Uuid) -> StoreResult<Option<Share>> {

@@ -23,6 +23,15 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// POSTs a JSON body (with a bearer token unless empty) and returns the reply.
+async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
+    let mut request = http.post(url).json(&body);
+    if !token.is_empty() {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -34,26 +43,16 @@ async fn main() {
     let seconds: u64 = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20);
     let every_ms: u64 = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(100);
     let http = reqwest::Client::new();
-    let user: Value = http
-        .post(format!("{base}/v1/users"))
-        .json(&json!({"name": "fan"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let user = post(
+        &http,
+        format!("{base}/v1/users"),
+        "",
+        json!({"name": "fan"}),
+    )
+    .await;
     let token = user["token"].as_str().unwrap().to_string();
-    let activity: Value = http
-        .post(format!("{base}/v1/activities"))
-        .bearer_auth(&token)
-        .json(&json!({"type": "RUN"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{base}/v1/activities");
+    let activity = post(&http, url, &token, json!({"type": "RUN"})).await;
     let id = activity["id"].as_str().unwrap().to_string();
     let ws_url = format!(
         "{}/v1/activities/{id}/live/ws?lag=5&token={token}",

@@ -151,7 +151,7 @@ async fn catch_up(
 ) -> Result<(Vec<Value>, Vec<LiveEntry>), StoreError> {
     let released = feed.released(None, now, lag, usize::MAX);
     let mut points = Vec::new();
-    if !feed.holds_start_of(snapshot.activity.started_at) {
+    if !feed.holds_start() {
         let oldest = feed.oldest_point_ts().unwrap_or(Millis::MAX);
         let history = read_track(ctx.store.points.as_ref(), snapshot.activity.id).await?;
         points.extend(
@@ -211,7 +211,10 @@ async fn poll(
         ),
     };
     let (_, snapshot) = authorize(&ctx, &headers, &q, id).await?;
-    let (feed, _) = ctx.live.feed(id, false).await?;
+    let (feed, _) = ctx
+        .live
+        .feed(id, snapshot.activity.started_at, false)
+        .await?;
     let now = now_ms();
     // A cursor older than what the window still holds (a poller that was
     // away longer than the window) gets a fresh catch-up, flagged `reset`:
@@ -356,7 +359,10 @@ async fn watch_socket(
     viewer: Viewer,
 ) -> Result<(), StoreError> {
     let id = snapshot.activity.id;
-    let (feed, guard) = ctx.live.feed(id, true).await?;
+    let (feed, guard) = ctx
+        .live
+        .feed(id, snapshot.activity.started_at, true)
+        .await?;
     let _guard = guard;
     let (mut sink, mut incoming) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(WS_QUEUE);

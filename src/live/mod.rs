@@ -84,6 +84,9 @@ struct Window {
 
 pub struct Feed {
     activity: Uuid,
+    /// When the activity started: its stream's first entry is the STARTED
+    /// state at this time.
+    started_at: Millis,
     window: RwLock<Window>,
     arrived: watch::Sender<u64>,
     watchers: AtomicUsize,
@@ -94,9 +97,10 @@ pub struct Feed {
 }
 
 impl Feed {
-    fn new(activity: Uuid) -> Feed {
+    fn new(activity: Uuid, started_at: Millis) -> Feed {
         Feed {
             activity,
+            started_at,
             window: RwLock::new(Window::default()),
             arrived: watch::channel(0).0,
             watchers: AtomicUsize::new(0),
@@ -124,15 +128,7 @@ impl Feed {
             let n = page.len();
             if n > 0 {
                 let mut w = self.window.write().expect("feed lock");
-                if w.last.is_none()
-                    && !matches!(
-                        page[0].item,
-                        RecentItem::State {
-                            state: ActivityState::Started,
-                            ..
-                        }
-                    )
-                {
+                if w.last.is_none() && !self.is_start(&page[0].item) {
                     let first = page[0].cursor;
                     w.missing_upto = Some(match first.seq {
                         0 => StreamCursor {
@@ -261,12 +257,15 @@ impl Feed {
 
     /// Whether the window still holds the activity from its first entry
     /// (the STARTED state published at creation), so no history is missing.
-    pub fn holds_start_of(&self, started_at: Millis) -> bool {
+    pub fn holds_start(&self) -> bool {
         let w = self.window.read().expect("feed lock");
-        matches!(
-            w.entries.front().map(|e| &e.item),
-            Some(RecentItem::State { state: ActivityState::Started, at }) if *at == started_at
-        )
+        w.entries.front().is_some_and(|e| self.is_start(&e.item))
+    }
+
+    /// The STARTED state published at creation (a resume is STARTED too,
+    /// later).
+    fn is_start(&self, item: &RecentItem) -> bool {
+        matches!(item, RecentItem::State { state: ActivityState::Started, at } if *at == self.started_at)
     }
 
     /// The oldest point time held in the window: catch-up reads persistence
@@ -324,6 +323,7 @@ impl LiveHub {
     pub async fn feed(
         self: &Arc<Self>,
         activity: Uuid,
+        started_at: Millis,
         watching: bool,
     ) -> StoreResult<(Arc<Feed>, Option<WatchGuard>)> {
         let claim = |feed: &Arc<Feed>| {
@@ -338,7 +338,7 @@ impl LiveHub {
             let guard = claim(&feed);
             return Ok((feed.clone(), guard));
         }
-        let fresh = Arc::new(Feed::new(activity));
+        let fresh = Arc::new(Feed::new(activity, started_at));
         if let Err(e) = fresh.pull(self.recent.as_ref()).await {
             // Serve what persistence has; the feed's task keeps retrying.
             tracing::warn!(error = %e, %activity, "live feed starts degraded");

@@ -377,27 +377,43 @@ async fn a_poller_whose_cursor_left_the_window_is_caught_up_afresh() {
     let id = app
         .start(&ann, json!({"type": "RUN", "started_at": t0}))
         .await;
+    let path = format!("/v1/activities/{id}");
+    for state in ["PAUSED", "STARTED"] {
+        let (status, body) = app
+            .patch(&path, &ann.token, json!({ "state": state }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     let pts: Vec<_> = (1..4)
-        .map(|i| json!({"ts": t0 + i * 1000, "lat": 48.0 + i as f64 * 1e-5, "lng": 11.0}))
+        .map(|i| json!({"ts": now_ms() - 5_000 + i * 1000, "lat": 48.0 + i as f64 * 1e-5, "lng": 11.0}))
         .collect();
     assert_eq!(
         app.post_points(&ann, &id, json!({ "points": pts })).await.0,
         StatusCode::OK
     );
-    // Trim the stream's beginning (its start and first statistics) as the
-    // time window would after 30 s, before any node reads it.
+    // Trim the stream's beginning up to the resume, as the time window
+    // would after 30 s, before any node reads it: it now begins with a
+    // STARTED state, but not the one that started the activity.
     let store = shared_redis(&prefix).await;
     let stream = store.since(id.parse().unwrap(), None, 100).await.unwrap();
-    let first_point = stream
+    let resume = stream
         .iter()
-        .find(|e| matches!(e.item, RecentItem::Point(_)))
+        .rfind(|e| {
+            matches!(
+                e.item,
+                RecentItem::State {
+                    state: ActivityState::Started,
+                    ..
+                }
+            )
+        })
         .unwrap()
         .cursor;
     let mut conn = store.connection();
     let _: i64 = redis::cmd("XTRIM")
         .arg(format!("{prefix}recent:{{{id}}}"))
         .arg("MINID")
-        .arg(first_point.to_string())
+        .arg(resume.to_string())
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -6,6 +6,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::clock::Clock;
+
+/// The keyspace's replication when `migrate` creates it.
+pub const DEFAULT_REPLICATION: &str =
+    "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}";
+
 #[derive(Debug, Parser)]
 #[command(name = "trailcast", version, about = "Live-tracking server")]
 pub struct Cli {
@@ -51,7 +57,7 @@ pub struct ScyllaArgs {
     #[arg(long = "scylla-local-dc", env = "TRAILCAST_SCYLLA_LOCAL_DC")]
     pub local_dc: Option<String>,
     /// Replication of the keyspace when migrating creates it, as a CQL map.
-    #[arg(long = "scylla-replication", env = "TRAILCAST_SCYLLA_REPLICATION", default_value = crate::store::scylla::DEFAULT_REPLICATION)]
+    #[arg(long = "scylla-replication", env = "TRAILCAST_SCYLLA_REPLICATION", default_value = DEFAULT_REPLICATION)]
     pub replication: String,
     /// Most requests in flight to the cluster from this node; more wait.
     #[arg(
@@ -106,6 +112,10 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "TRAILCAST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Where the server reads the time (the system clock; tests use one that
+    /// follows tokio's paused time).
+    #[arg(skip)]
+    pub clock: Clock,
 }
 
 impl Config {

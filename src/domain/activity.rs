@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::point::{MAX_FUTURE_SKEW_MS, PointWindow};
+use super::summary::{Stats, TrackSummary, round_to};
 use super::time::{Millis, deserialize_ms, deserialize_opt_ms, serialize_ms, serialize_opt_ms};
-use super::track::TrackSummary;
+
+/// Calorie estimates assume this body mass (no profile weight yet).
+pub const DEFAULT_MASS_KG: f64 = 70.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -31,6 +34,33 @@ pub enum ActivityType {
     Ski,
     Swim,
     Other,
+}
+
+impl ActivityType {
+    /// The fastest this sport plausibly moves: a fix that would need more
+    /// from the last one is a GPS jump.
+    pub fn max_speed_m_s(self) -> f64 {
+        match self {
+            ActivityType::Run => 12.0,
+            ActivityType::Walk | ActivityType::Hike => 4.0,
+            ActivityType::Ride => 35.0,
+            ActivityType::Ski => 45.0,
+            ActivityType::Swim => 3.0,
+            ActivityType::Other => 60.0,
+        }
+    }
+
+    /// kcal per kg of body mass per km, a common rule-of-thumb estimate.
+    pub fn kcal_per_kg_km(self) -> f64 {
+        match self {
+            ActivityType::Run => 1.0,
+            ActivityType::Walk => 0.65,
+            ActivityType::Hike => 0.8,
+            ActivityType::Ride => 0.3,
+            ActivityType::Ski | ActivityType::Other => 0.5,
+            ActivityType::Swim => 3.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -192,6 +222,27 @@ impl Activity {
             total += overlap(start, Millis::MAX, from, to);
         }
         total
+    }
+}
+
+impl Stats {
+    /// The statistics of `activity` with this track summary, as of `now`
+    /// (elapsed and moving time run on while the activity is live).
+    pub fn of(activity: &Activity, track: &TrackSummary, now: Millis) -> Stats {
+        let moving_s = activity.moving_ms(now) as f64 / 1000.0;
+        let km = track.distance_m / 1000.0;
+        let moving = moving_s > 0.0 && track.distance_m >= 10.0;
+        let kcal_per_kg_km = activity.activity_type.kcal_per_kg_km();
+        Stats {
+            distance_m: round_to(track.distance_m, 1),
+            moving_time_s: round_to(moving_s, 1),
+            elapsed_time_s: round_to(activity.elapsed_ms(now) as f64 / 1000.0, 1),
+            avg_pace_s_per_km: moving.then(|| round_to(moving_s / km, 1)),
+            avg_speed_m_s: moving.then(|| round_to(track.distance_m / moving_s, 3)),
+            elevation_gain_m: round_to(track.elevation_gain_m, 1),
+            calories_kcal: round_to(km * DEFAULT_MASS_KG * kcal_per_kg_km, 0),
+            points: track.points,
+        }
     }
 }
 

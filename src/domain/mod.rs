@@ -4,10 +4,14 @@
 //! edge; code behind the edge never re-checks ranges or transitions.
 
 pub mod activity;
+pub mod fix;
 pub mod point;
+pub mod summary;
 pub mod time;
 pub mod track;
 
 pub use activity::{Activity, ActivityState, ActivityType, Event, TransitionError, Visibility};
+pub use fix::Fix;
 pub use point::{Point, PointInput, RejectCode};
-pub use track::{Split, Stats, TrackAccumulator};
+pub use summary::{Split, Stats, TrackSummary};
+pub use track::TrackAccumulator;

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::fix::Fix;
 use super::time::{Millis, TsInput, deserialize_ms, serialize_ms};
 
 /// How far ahead of the server's clock a point's `ts` may be (phone clocks
@@ -92,52 +93,27 @@ pub struct PointWindow {
 }
 
 impl PointInput {
-    pub fn validate(&self, window: PointWindow) -> Result<Point, RejectCode> {
+    /// The fix this JSON point describes, if it has the fields a fix needs
+    /// and a readable timestamp; `Fix::validate` checks the rest.
+    pub fn to_fix(&self) -> Result<Fix, RejectCode> {
         let (Some(ts), Some(lat), Some(lng)) = (&self.ts, self.lat, self.lng) else {
             return Err(RejectCode::MissingField);
         };
         let ts = ts.to_millis().ok_or(RejectCode::InvalidTimestamp)?;
-        let optionals = [self.alt, self.speed, self.accuracy, self.hr, self.cadence];
-        if !lat.is_finite()
-            || !lng.is_finite()
-            || optionals.iter().flatten().any(|v| !v.is_finite())
-        {
-            return Err(RejectCode::NonFinite);
-        }
-        if !(-90.0..=90.0).contains(&lat) {
-            return Err(RejectCode::LatOutOfRange);
-        }
-        if !(-180.0..=180.0).contains(&lng) {
-            return Err(RejectCode::LngOutOfRange);
-        }
-        let non_negative = |v: Option<f64>| v.is_none_or(|v| v >= 0.0);
-        let per_minute = |v: Option<f64>| v.is_none_or(|v| (0.0..=300.0).contains(&v));
-        if !non_negative(self.speed)
-            || !non_negative(self.accuracy)
-            || !per_minute(self.hr)
-            || !per_minute(self.cadence)
-        {
-            return Err(RejectCode::InvalidValue);
-        }
-        if ts > window.now + MAX_FUTURE_SKEW_MS {
-            return Err(RejectCode::TsInFuture);
-        }
-        if ts < window.started_at - WINDOW_SLACK_MS {
-            return Err(RejectCode::TsBeforeStart);
-        }
-        if window.finished_at.is_some_and(|f| ts > f + WINDOW_SLACK_MS) {
-            return Err(RejectCode::TsAfterFinish);
-        }
-        Ok(Point {
+        Ok(Fix {
             ts,
             lat,
             lng,
             alt: self.alt,
             speed: self.speed,
             accuracy: self.accuracy,
-            hr: self.hr.map(|v| v.round() as u16),
-            cadence: self.cadence.map(|v| v.round() as u16),
+            hr: self.hr,
+            cadence: self.cadence,
         })
+    }
+
+    pub fn validate(&self, window: PointWindow) -> Result<Point, RejectCode> {
+        self.to_fix()?.validate(window)
     }
 }
 

@@ -7,10 +7,6 @@ use serde::{Deserialize, Deserializer, Serializer};
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-pub fn now_ms() -> Millis {
-    Utc::now().timestamp_millis()
-}
-
 pub fn to_rfc3339(ms: Millis) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()

@@ -16,10 +16,9 @@
 //! - altitude is smoothed (exponential moving average) and climbs count only
 //!   past a hysteresis of `CLIMB_HYSTERESIS_M`.
 
-use serde::{Deserialize, Serialize};
-
 use super::activity::{Activity, ActivityType};
 use super::point::Point;
+use super::summary::{Split, TrackSummary, round_to};
 use super::time::Millis;
 
 const EARTH_RADIUS_M: f64 = 6_371_008.8;
@@ -27,8 +26,6 @@ pub const MIN_MOVE_M: f64 = 3.0;
 pub const MAX_JUMP_STREAK: u8 = 3;
 pub const ALT_SMOOTHING: f64 = 0.3;
 pub const CLIMB_HYSTERESIS_M: f64 = 2.0;
-/// Calorie estimates assume this body mass (no profile weight yet).
-pub const DEFAULT_MASS_KG: f64 = 70.0;
 
 /// Great-circle distance in metres.
 pub fn haversine_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
@@ -43,83 +40,15 @@ pub fn haversine_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
 pub struct Thresholds {
     pub max_speed_m_s: f64,
     pub max_accuracy_m: f64,
-    /// kcal per kg of body mass per km, a common rule-of-thumb estimate.
-    pub kcal_per_kg_km: f64,
 }
 
 impl Thresholds {
     pub fn for_type(t: ActivityType) -> Thresholds {
-        let (max_speed_m_s, kcal_per_kg_km) = match t {
-            ActivityType::Run => (12.0, 1.0),
-            ActivityType::Walk => (4.0, 0.65),
-            ActivityType::Hike => (4.0, 0.8),
-            ActivityType::Ride => (35.0, 0.3),
-            ActivityType::Ski => (45.0, 0.5),
-            ActivityType::Swim => (3.0, 3.0),
-            ActivityType::Other => (60.0, 0.5),
-        };
         Thresholds {
-            max_speed_m_s,
+            max_speed_m_s: t.max_speed_m_s(),
             max_accuracy_m: 50.0,
-            kcal_per_kg_km,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Split {
-    /// 1-based index of the kilometre.
-    pub km: u32,
-    /// 1000 for a full kilometre; less for the final partial split.
-    pub distance_m: f64,
-    pub time_s: f64,
-    pub pace_s_per_km: f64,
-}
-
-/// The track-derived part of an activity's summary, stored with the activity.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrackSummary {
-    pub distance_m: f64,
-    pub elevation_gain_m: f64,
-    pub points: u64,
-    pub splits: Vec<Split>,
-}
-
-/// The statistics every API reply carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    pub distance_m: f64,
-    pub moving_time_s: f64,
-    pub elapsed_time_s: f64,
-    pub avg_pace_s_per_km: Option<f64>,
-    pub avg_speed_m_s: Option<f64>,
-    pub elevation_gain_m: f64,
-    pub calories_kcal: f64,
-    pub points: u64,
-}
-
-impl Stats {
-    pub fn of(activity: &Activity, track: &TrackSummary, now: Millis) -> Stats {
-        let moving_s = activity.moving_ms(now) as f64 / 1000.0;
-        let km = track.distance_m / 1000.0;
-        let moving = moving_s > 0.0 && track.distance_m >= 10.0;
-        let kcal_per_kg_km = Thresholds::for_type(activity.activity_type).kcal_per_kg_km;
-        Stats {
-            distance_m: round_to(track.distance_m, 1),
-            moving_time_s: round_to(moving_s, 1),
-            elapsed_time_s: round_to(activity.elapsed_ms(now) as f64 / 1000.0, 1),
-            avg_pace_s_per_km: moving.then(|| round_to(moving_s / km, 1)),
-            avg_speed_m_s: moving.then(|| round_to(track.distance_m / moving_s, 3)),
-            elevation_gain_m: round_to(track.elevation_gain_m, 1),
-            calories_kcal: round_to(km * DEFAULT_MASS_KG * kcal_per_kg_km, 0),
-            points: track.points,
-        }
-    }
-}
-
-fn round_to(v: f64, decimals: i32) -> f64 {
-    let f = 10f64.powi(decimals);
-    (v * f).round() / f
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -1,30 +1,23 @@
 //! Activities: create, change state, read one, read its route, list
-//! history (mine or my friends'), newest start first.
-//!
-//! Who may see an activity: its athlete always; friends when visibility is
-//! `friends` or `public`; any signed-in user when `public`. Discarded
-//! activities are the athlete's alone. Everyone else gets 404, exactly as
-//! for an id that does not exist, so ids do not leak.
+//! history (mine or my friends'), newest start first. Who may see an
+//! activity is `access`'s rule.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::access::visible_snapshot;
+use super::views::{ActivityView, Page};
 use super::{ApiContext, ApiError, AuthUser, page_limit};
-use crate::domain::activity::Event;
 use crate::domain::point::MAX_FUTURE_SKEW_MS;
-use crate::domain::time::{
-    Millis, deserialize_opt_ms, now_ms, serialize_ms, serialize_opt_ms, to_rfc3339,
-};
-use crate::domain::track::Split;
-use crate::domain::{Activity, ActivityState, ActivityType, Point, Stats, Visibility};
-use crate::ingest::ActivitySnapshot;
-use crate::store::{HistoryKey, User, read_track};
+use crate::domain::time::{Millis, deserialize_opt_ms, to_rfc3339};
+use crate::domain::{Activity, ActivityState, ActivityType, Point, Visibility};
+use crate::store::{HistoryKey, read_track};
 
 /// How far back a client may date an activity it recorded offline.
 pub const MAX_BACKDATE_MS: Millis = 30 * 24 * 60 * 60 * 1000;
@@ -36,83 +29,6 @@ pub fn router() -> Router<ApiContext> {
         .route("/v1/activities", get(list_activities).post(create_activity))
         .route("/v1/activities/{id}", get(get_activity).patch(change_state))
         .route("/v1/activities/{id}/route", get(get_route))
-}
-
-/// The API's Activity: the stored record plus statistics as of now.
-#[derive(Serialize)]
-pub struct ActivityView<'a> {
-    id: Uuid,
-    athlete_id: Uuid,
-    #[serde(rename = "type")]
-    activity_type: ActivityType,
-    state: ActivityState,
-    visibility: Visibility,
-    course_id: Option<Uuid>,
-    #[serde(serialize_with = "serialize_ms")]
-    started_at: Millis,
-    #[serde(serialize_with = "serialize_opt_ms")]
-    finished_at: Option<Millis>,
-    events: &'a [Event],
-    stats: Stats,
-    splits: &'a [Split],
-}
-
-impl<'a> ActivityView<'a> {
-    pub fn of(s: &'a ActivitySnapshot, now: Millis) -> ActivityView<'a> {
-        let a = &s.activity;
-        ActivityView {
-            id: a.id,
-            athlete_id: a.athlete_id,
-            activity_type: a.activity_type,
-            state: a.state,
-            visibility: a.visibility,
-            course_id: a.course_id,
-            started_at: a.started_at,
-            finished_at: a.finished_at,
-            events: &a.events,
-            stats: Stats::of(a, &s.track, now),
-            splits: &s.track.splits,
-        }
-    }
-}
-
-pub fn activity_json(s: &ActivitySnapshot) -> Value {
-    serde_json::to_value(ActivityView::of(s, now_ms())).unwrap_or(Value::Null)
-}
-
-/// Whether `viewer` may see `activity` (see the module comment).
-pub async fn can_view(
-    ctx: &ApiContext,
-    viewer: &User,
-    activity: &Activity,
-) -> Result<bool, ApiError> {
-    if activity.athlete_id == viewer.id {
-        return Ok(true);
-    }
-    Ok(match (activity.state, activity.visibility) {
-        (ActivityState::Discarded, _) | (_, Visibility::Private) => false,
-        (_, Visibility::Public) => true,
-        (_, Visibility::Friends) => {
-            ctx.store
-                .users
-                .are_friends(viewer.id, activity.athlete_id)
-                .await?
-        }
-    })
-}
-
-/// The activity if `viewer` may see it, otherwise `NotFound`.
-pub async fn visible_snapshot(
-    ctx: &ApiContext,
-    viewer: &User,
-    id: Uuid,
-) -> Result<ActivitySnapshot, ApiError> {
-    let snapshot = ctx.tracker.snapshot(id).await?;
-    if can_view(ctx, viewer, &snapshot.activity).await? {
-        Ok(snapshot)
-    } else {
-        Err(ApiError::NotFound)
-    }
 }
 
 #[derive(Deserialize)]
@@ -130,8 +46,8 @@ async fn create_activity(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
     Json(body): Json<NewActivity>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let now = now_ms();
+) -> Result<(StatusCode, Json<ActivityView>), ApiError> {
+    let now = ctx.clock.now_ms();
     let started_at = body.started_at.unwrap_or(now);
     if started_at > now + MAX_FUTURE_SKEW_MS || started_at < now - MAX_BACKDATE_MS {
         return Err(ApiError::invalid(
@@ -148,16 +64,19 @@ async fn create_activity(
         started_at,
     );
     let snapshot = ctx.tracker.create(activity).await?;
-    Ok((StatusCode::CREATED, Json(activity_json(&snapshot))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ActivityView::of(&snapshot, ctx.clock.now_ms())),
+    ))
 }
 
 async fn get_activity(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
     Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActivityView>, ApiError> {
     let snapshot = visible_snapshot(&ctx, &me, id).await?;
-    Ok(Json(activity_json(&snapshot)))
+    Ok(Json(ActivityView::of(&snapshot, ctx.clock.now_ms())))
 }
 
 #[derive(Deserialize)]
@@ -172,18 +91,27 @@ async fn change_state(
     AuthUser(me): AuthUser,
     Path(id): Path<Uuid>,
     Json(body): Json<StateChange>,
-) -> Result<Json<Value>, ApiError> {
-    let current = ctx.tracker.snapshot(id).await?;
-    if current.activity.athlete_id != me.id {
-        return Err(ApiError::NotFound);
-    }
-    let snapshot = ctx.tracker.transition(id, body.state, body.at).await?;
-    Ok(Json(activity_json(&snapshot)))
+) -> Result<Json<ActivityView>, ApiError> {
+    let snapshot = ctx
+        .tracker
+        .transition(me.id, id, body.state, body.at)
+        .await?;
+    Ok(Json(ActivityView::of(&snapshot, ctx.clock.now_ms())))
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RouteFormat {
+    #[default]
+    Json,
+    Geojson,
+    Gpx,
 }
 
 #[derive(Deserialize)]
 struct RouteQuery {
-    format: Option<String>,
+    #[serde(default)]
+    format: RouteFormat,
 }
 
 async fn get_route(
@@ -194,14 +122,14 @@ async fn get_route(
 ) -> Result<Response, ApiError> {
     let snapshot = visible_snapshot(&ctx, &me, id).await?;
     let track = read_track(ctx.store.points.as_ref(), id).await?;
-    match q.format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(json!({"points": track})).into_response()),
-        "geojson" => Ok((
+    match q.format {
+        RouteFormat::Json => Ok(Json(json!({"points": track})).into_response()),
+        RouteFormat::Geojson => Ok((
             [(header::CONTENT_TYPE, "application/geo+json")],
             Json(geojson(&track)),
         )
             .into_response()),
-        "gpx" => Ok((
+        RouteFormat::Gpx => Ok((
             [
                 (header::CONTENT_TYPE, "application/gpx+xml".to_string()),
                 (
@@ -212,9 +140,6 @@ async fn get_route(
             gpx(&snapshot.activity, &track),
         )
             .into_response()),
-        other => Err(ApiError::BadRequest(format!(
-            "unknown format {other:?}; use json, geojson or gpx"
-        ))),
     }
 }
 
@@ -262,9 +187,19 @@ fn gpx(activity: &Activity, track: &[Point]) -> String {
     out
 }
 
+/// Whose history: the caller's own, or their friends' (merged).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum HistoryMode {
+    #[default]
+    Mine,
+    Friends,
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
-    mode: Option<String>,
+    #[serde(default)]
+    mode: HistoryMode,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -307,21 +242,21 @@ async fn list_activities(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<ActivityView>>, ApiError> {
     let limit = page_limit(q.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::BadRequest("bad cursor".into()))?),
     };
     // One more than asked tells whether another page exists.
-    let mut items = match q.mode.as_deref().unwrap_or("mine") {
-        "mine" => {
+    let mut items = match q.mode {
+        HistoryMode::Mine => {
             history_page(&ctx, me.id, after, limit + 1, |a| {
                 a.state != ActivityState::Discarded
             })
             .await?
         }
-        "friends" => {
+        HistoryMode::Friends => {
             let mut all = Vec::new();
             for friend in ctx.store.users.friends_of(me.id).await? {
                 all.extend(
@@ -334,18 +269,17 @@ async fn list_activities(
             all.sort_by_key(|a| std::cmp::Reverse(HistoryKey::of(a)));
             all
         }
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown mode {other:?}; use mine or friends"
-            )));
-        }
     };
     let next_cursor =
         (items.len() > limit).then(|| encode_cursor(HistoryKey::of(&items[limit - 1])));
     items.truncate(limit);
+    let now = ctx.clock.now_ms();
     let mut out = Vec::with_capacity(items.len());
     for a in items {
-        out.push(activity_json(&ctx.tracker.refresh(a).await));
+        out.push(ActivityView::of(&ctx.tracker.refresh(a).await, now));
     }
-    Ok(Json(json!({"items": out, "next_cursor": next_cursor})))
+    Ok(Json(Page {
+        items: out,
+        next_cursor,
+    }))
 }

@@ -30,8 +30,10 @@ pub enum ApiError {
     RateLimited { retry_after_s: u32 },
     #[error("server is busy; retry later")]
     Overloaded { retry_after_s: u32 },
+    /// A failure of ours: logged with its cause chain, shown to the client
+    /// only as "internal error".
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] crate::store::BoxError),
 }
 
 impl ApiError {
@@ -65,7 +67,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         if let ApiError::Internal(cause) = &self {
-            tracing::error!(%cause, "internal error");
+            tracing::error!(cause = %chain(cause.as_ref()), "internal error");
         }
         let mut response = error_body(status, code, &self.to_string());
         match self {
@@ -85,9 +87,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An error and its sources, outermost first: "a: b: c".
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        ApiError::Internal(Box::new(e))
     }
 }
 

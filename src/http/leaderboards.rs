@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use super::{ApiContext, ApiError, AuthUser, page_limit};
 use crate::domain::ActivityType;
-use crate::domain::time::now_ms;
 use crate::store::leaderboard::{Board, Window};
 
 pub const DEFAULT_LIMIT: usize = 10;
@@ -22,7 +21,8 @@ pub fn router() -> Router<ApiContext> {
 
 #[derive(Deserialize)]
 struct BoardQuery {
-    window: Option<String>,
+    #[serde(default)]
+    window: Window,
     region: Option<String>,
     limit: Option<usize>,
 }
@@ -36,10 +36,14 @@ async fn leaderboard(
     let activity_type: ActivityType =
         serde_json::from_value(Value::String(activity_type.to_uppercase()))
             .map_err(|_| ApiError::NotFound)?;
-    let window = Window::parse(q.window.as_deref().unwrap_or("week"))
-        .ok_or_else(|| ApiError::BadRequest("window must be week, month or all".into()))?;
+    let window = q.window;
     let limit = page_limit(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let board = Board::new(activity_type, window, now_ms(), q.region.as_deref());
+    let board = Board::new(
+        activity_type,
+        window,
+        ctx.clock.now_ms(),
+        q.region.as_deref(),
+    );
     let top = ctx.leaderboard.top(&board, limit).await?;
     let mut items = Vec::with_capacity(top.len());
     for (i, (athlete, distance_m)) in top.into_iter().enumerate() {
@@ -53,7 +57,7 @@ async fn leaderboard(
     let mine = ctx.leaderboard.rank(&board, me.id).await?;
     Ok(Json(json!({
         "board": board.name(),
-        "window": q.window.as_deref().unwrap_or("week"),
+        "window": window,
         "period": board.period,
         "items": items,
         "me": mine.map(|(rank, d)| json!({"rank": rank, "distance_m": (d * 10.0).round() / 10.0})),

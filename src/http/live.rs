@@ -1,50 +1,56 @@
 //! Live watching over buffered polling and WebSocket, and the list of
-//! friends live now. Both transports serve the same lagged stream from the
-//! activity's `live::Feed` (see `src/live`).
+//! friends live now. Both transports serve one `live::Playback` of the
+//! activity's feed; this module checks access (`access::Viewer`) and turns
+//! what the playback returns into JSON.
 //!
-//! Who may watch: the athlete, viewers allowed by visibility (as for
-//! `GET /v1/activities/{id}`) and holders of a share link. Browsers cannot
-//! set headers on a WebSocket, so the bearer token may also come as
-//! `?token=`, and a share token as `?share=`; query strings are never logged
-//! (the trace layer records the path only).
+//! WebSocket watcher, per connection, as three parts joined by `select!`
+//! (whichever ends first ends the connection, with its close code) and a
+//! sender task that alone writes to the socket:
+//! - playback: the catch-up (in chunks of `CATCH_UP_CHUNK` points, so a
+//!   24-hour activity never needs one huge frame), then each release when
+//!   due, queued as JSON messages on a bounded channel (`WS_QUEUE` messages
+//!   of at most `MAX_POINTS_PER_MESSAGE` points);
+//! - liveness: reads the client (pongs, close), pings every `PING_EVERY`,
+//!   closes after `IDLE_TIMEOUT` of silence;
+//! - access: share-link expiry and revocation, and server shutdown.
 //!
-//! WebSocket watcher, per connection: this handler's loop releases entries
-//! when due and queues JSON messages on a bounded channel (`WS_QUEUE`
-//! messages of at most `MAX_POINTS_PER_MESSAGE` points); a sender task
-//! writes them to the socket. A consumer too slow to keep that queue from
-//! filling is disconnected, so a watcher that never reads holds at most the
-//! queue (16 messages of up to 100 points, about 20 KB each), the
-//! WebSocket's write buffer (`WS_MAX_WRITE_BUFFER`, 256 KiB) and the kernel
-//! send buffer (`SOCKET_SEND_BUFFER`, 128 KiB as Linux counts it): under
-//! 750 KiB, however much the athlete posts.
+//! A consumer too slow to keep the queue from filling is disconnected, so a
+//! watcher that never reads holds at most the queue, the WebSocket's write
+//! buffer (`WS_MAX_WRITE_BUFFER`, 256 KiB) and the kernel send buffer
+//! (`SOCKET_SEND_BUFFER`, 128 KiB as Linux counts it), however much the
+//! athlete posts.
 
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
-use super::activities::{ActivityView, can_view};
-use super::auth::{bearer_token, user_for_token};
-use super::{ApiContext, ApiError, AuthUser, hash_token};
-use crate::domain::time::{Millis, now_ms, to_rfc3339};
-use crate::domain::{ActivityState, Visibility};
+use super::access::Viewer;
+use super::views::ActivityView;
+use super::{ApiContext, ApiError, AuthUser};
+use crate::domain::time::{Millis, serialize_ms};
+use crate::domain::{ActivityState, Point, Stats, Visibility};
 use crate::ingest::{ActivitySnapshot, IngestError};
-use crate::live::{DEFAULT_LAG_MS, Feed, Lag, LiveEntry};
+use crate::live::{
+    CatchUp, DEFAULT_LAG_MS, Lag, LivePoint, LiveStatus, Playback, Release, Released, StateAt,
+};
 use crate::store::registry::REGISTRY_TTL_MS;
-use crate::store::{RecentItem, Share, StoreError, StreamCursor, read_track};
+use crate::store::{RecentItem, Share, StoreError, StreamCursor};
 
 pub const WS_QUEUE: usize = 16;
 pub const MAX_POINTS_PER_MESSAGE: usize = 100;
+/// Points per catch-up message (about 75 KB of JSON at most).
+pub const CATCH_UP_CHUNK: usize = 500;
 pub const WS_MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// How long a full send queue may stay full before the watcher is dropped.
 pub const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,49 +67,11 @@ pub fn router() -> Router<ApiContext> {
         .route("/v1/live", get(friends_live))
 }
 
+/// `?after=&lag=`; the credentials (`token`, `share`) are the `Viewer`'s.
 #[derive(Deserialize)]
 struct LiveQuery {
     after: Option<String>,
     lag: Option<f64>,
-    token: Option<String>,
-    share: Option<String>,
-}
-
-/// Who is watching: a signed-in user, or the holder of a share link.
-enum Viewer {
-    User,
-    Share(Share),
-}
-
-async fn authorize(
-    ctx: &ApiContext,
-    headers: &HeaderMap,
-    q: &LiveQuery,
-    id: Uuid,
-) -> Result<(Viewer, ActivitySnapshot), ApiError> {
-    if let Some(token) = bearer_token(headers).or(q.token.as_deref()) {
-        let user = user_for_token(ctx, token).await?;
-        let snapshot = ctx.tracker.snapshot(id).await?;
-        if !can_view(ctx, &user, &snapshot.activity).await? {
-            return Err(ApiError::NotFound);
-        }
-        return Ok((Viewer::User, snapshot));
-    }
-    let Some(token) = q.share.as_deref() else {
-        return Err(ApiError::Unauthorized);
-    };
-    let share = ctx
-        .store
-        .activities
-        .share_by_token(hash_token(token))
-        .await?
-        .filter(|s| s.activity_id == id && s.expires_at > now_ms())
-        .ok_or(ApiError::NotFound)?;
-    let snapshot = ctx.tracker.snapshot(id).await?;
-    if snapshot.activity.state == ActivityState::Discarded {
-        return Err(ApiError::NotFound);
-    }
-    Ok((Viewer::Share(share), snapshot))
 }
 
 fn parse_lag(lag: Option<f64>) -> Result<Lag, ApiError> {
@@ -111,155 +79,91 @@ fn parse_lag(lag: Option<f64>) -> Result<Lag, ApiError> {
         .ok_or_else(|| ApiError::invalid("invalid_lag", "lag must be 5 to 10 seconds"))
 }
 
-fn point_json(entry: &LiveEntry) -> Option<Value> {
-    let RecentItem::Point(p) = &entry.item else {
-        return None;
-    };
-    let mut v = serde_json::to_value(p).ok()?;
-    if entry.late {
-        v["late"] = Value::Bool(true);
-    }
-    Some(v)
-}
-
-fn event_json(entry: &LiveEntry) -> Option<Value> {
-    match &entry.item {
-        RecentItem::State { state, at } => Some(json!({"state": state, "at": to_rfc3339(*at)})),
-        _ => None,
+fn parse_cursor(after: Option<&str>) -> Result<Option<StreamCursor>, ApiError> {
+    match after {
+        None | Some("") => Ok(None),
+        Some(c) => c
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest("bad cursor".into())),
     }
 }
 
-/// `degraded` while the recent store cannot be read: the stream may lag
-/// behind what the athlete sent (it is persisted and will be back-filled).
-fn live_status(feed: &Feed) -> &'static str {
-    if feed.is_degraded() { "degraded" } else { "ok" }
+/// The reply to a poll.
+#[derive(Serialize)]
+struct LivePoll {
+    points: Vec<LivePoint>,
+    events: Vec<StateAt>,
+    state: ActivityState,
+    #[serde(serialize_with = "serialize_ms")]
+    state_at: Millis,
+    stats: Stats,
+    cursor: String,
+    /// The cursor had fallen out of the window: this is a fresh catch-up
+    /// (points are identified by `ts`, so the client merges them).
+    reset: bool,
+    #[serde(serialize_with = "serialize_ms")]
+    server_time: Millis,
+    lag_s: f64,
+    retry_after_ms: Millis,
+    live_status: LiveStatus,
 }
 
-fn is_final(state: ActivityState) -> bool {
-    matches!(state, ActivityState::Complete | ActivityState::Discarded)
-}
-
-/// Everything released so far: the feed's window, and for activities whose
-/// early part has left the window (long or expired streams), the older
-/// points from persistence.
-async fn catch_up(
+async fn playback(
     ctx: &ApiContext,
-    feed: &Feed,
-    snapshot: &ActivitySnapshot,
-    now: Millis,
+    snapshot: ActivitySnapshot,
     lag: Lag,
-) -> Result<(Vec<Value>, Vec<LiveEntry>), StoreError> {
-    let released = feed.released(None, now, lag, usize::MAX);
-    let mut points = Vec::new();
-    if !feed.holds_start() {
-        let oldest = feed.oldest_point_ts().unwrap_or(Millis::MAX);
-        let history = read_track(ctx.store.points.as_ref(), snapshot.activity.id).await?;
-        points.extend(
-            history
-                .iter()
-                .take_while(|p| p.ts < oldest)
-                .filter_map(|p| serde_json::to_value(p).ok()),
-        );
-    }
-    points.extend(released.iter().filter_map(point_json));
-    Ok((points, released))
-}
-
-/// State and stats as released to this watcher. With no state change
-/// released yet, the state before the next one to be released (never one
-/// the watcher has not reached), or as stored when the stream holds none
-/// (an activity watched long after it ended).
-fn status(feed: &Feed, snapshot: &ActivitySnapshot, now: Millis, lag: Lag) -> (Value, Value) {
-    let (state, stats) = feed.released_status(now, lag);
-    let events = &snapshot.activity.events;
-    let (state, at) = state.unwrap_or_else(|| {
-        let upto = match feed.next_state(now, lag) {
-            // The event the stream is about to release, and the ones
-            // before it: the watcher is at the one before (or at the
-            // very first, the start).
-            Some(next) => events
-                .iter()
-                .position(|e| (e.state, e.at) == next)
-                .map_or(events.len(), |i| i.max(1)),
-            None => events.len(),
-        };
-        events[..upto].last().map_or(
-            (snapshot.activity.state, snapshot.activity.started_at),
-            |e| (e.state, e.at),
-        )
-    });
-    let state = json!({"state": state, "at": to_rfc3339(at)});
-    let stats = match stats {
-        Some(s) => serde_json::to_value(s).unwrap_or(Value::Null),
-        None => serde_json::to_value(snapshot.stats(now)).unwrap_or(Value::Null),
-    };
-    (state, stats)
+    after: Option<StreamCursor>,
+    watching: bool,
+) -> Result<Playback, StoreError> {
+    let id = snapshot.activity.id;
+    let (feed, guard) = ctx
+        .live
+        .feed(id, snapshot.activity.started_at, watching)
+        .await?;
+    Ok(Playback::new(feed, snapshot, lag, after, guard))
 }
 
 async fn poll(
     State(ctx): State<ApiContext>,
     Path(id): Path<Uuid>,
     Query(q): Query<LiveQuery>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+    viewer: Viewer,
+) -> Result<Json<LivePoll>, ApiError> {
     let lag = parse_lag(q.lag)?;
-    let after = match q.after.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            c.parse::<StreamCursor>()
-                .map_err(|_| ApiError::BadRequest("bad cursor".into()))?,
-        ),
-    };
-    let (_, snapshot) = authorize(&ctx, &headers, &q, id).await?;
-    let (feed, _) = ctx
-        .live
-        .feed(id, snapshot.activity.started_at, false)
-        .await?;
-    let now = now_ms();
-    // A cursor older than what the window still holds (a poller that was
-    // away longer than the window) gets a fresh catch-up, flagged `reset`:
-    // points are identified by `ts`, so the client merges them.
-    let reset = after.is_some_and(|c| feed.lost_since(c));
-    let (points, entries) = match after {
-        Some(_) if !reset => {
-            let entries = feed.released(after, now, lag, MAX_POLL_ENTRIES);
-            (entries.iter().filter_map(point_json).collect(), entries)
-        }
-        _ => catch_up(&ctx, &feed, &snapshot, now, lag).await?,
-    };
-    let cursor = entries
-        .last()
-        .map(|e| e.cursor)
-        .or(after)
-        .unwrap_or(StreamCursor { ms: 0, seq: 0 });
-    let (state, stats) = status(&feed, &snapshot, now, lag);
-    let finished = state["state"]
-        .as_str()
-        .is_some_and(|s| s == "COMPLETE" || s == "DISCARDED");
-    // The next point cannot be released before the first waiting entry is
-    // due, or (if none waits) before `lag` from now.
-    let retry_after_ms = if entries.len() == MAX_POLL_ENTRIES {
-        0
+    let after = parse_cursor(q.after.as_deref())?;
+    let snapshot = viewer.watch(&ctx, id).await?;
+    let mut playback = playback(&ctx, snapshot, lag, after, false).await?;
+    let now = ctx.clock.now_ms();
+    let reset = playback.lost();
+    let (points, events, cut_short) = if after.is_none() || reset {
+        let CatchUp { points, events, .. } =
+            playback.catch_up(ctx.store.points.as_ref(), now).await?;
+        (points, events, false)
     } else {
-        match feed.next_release(Some(cursor), lag) {
-            Some(due) => (due - now).clamp(50, lag.ms()),
-            None if finished => 30_000,
-            None => lag.ms(),
-        }
+        let release = playback.release(now, MAX_POLL_ENTRIES);
+        let cut_short = release.entries == MAX_POLL_ENTRIES;
+        let points = release.points().cloned().collect();
+        (points, release.events().collect(), cut_short)
     };
-    Ok(Json(json!({
-        "points": points,
-        "events": entries.iter().filter_map(event_json).collect::<Vec<_>>(),
-        "state": state["state"],
-        "state_at": state["at"],
-        "stats": stats,
-        "cursor": cursor.to_string(),
-        "reset": reset,
-        "server_time": to_rfc3339(now),
-        "lag_s": lag.seconds(),
-        "retry_after_ms": retry_after_ms,
-        "live_status": live_status(&feed),
-    })))
+    let status = playback.status(now);
+    let finished = status.state.is_final();
+    Ok(Json(LivePoll {
+        points,
+        events,
+        state: status.state.state,
+        state_at: status.state.at,
+        stats: status.stats,
+        cursor: playback
+            .cursor()
+            .unwrap_or(StreamCursor { ms: 0, seq: 0 })
+            .to_string(),
+        reset,
+        server_time: now,
+        lag_s: lag.seconds(),
+        retry_after_ms: playback.retry_after_ms(now, cut_short, finished),
+        live_status: playback.live_status(),
+    }))
 }
 
 async fn websocket(
@@ -267,10 +171,10 @@ async fn websocket(
     State(ctx): State<ApiContext>,
     Path(id): Path<Uuid>,
     Query(q): Query<LiveQuery>,
-    headers: HeaderMap,
+    viewer: Viewer,
 ) -> Result<Response, ApiError> {
     let lag = parse_lag(q.lag)?;
-    let (viewer, snapshot) = authorize(&ctx, &headers, &q, id).await?;
+    let snapshot = viewer.watch(&ctx, id).await?;
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
@@ -283,6 +187,52 @@ async fn websocket(
         }))
 }
 
+/// A WebSocket message to a watcher.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WsMessage<'a> {
+    /// Everything released so far; when `more`, further history follows in
+    /// `points` messages flagged `catch_up` before anything new.
+    CatchUp {
+        points: &'a [LivePoint],
+        more: bool,
+        state: ActivityState,
+        #[serde(serialize_with = "serialize_ms")]
+        state_at: Millis,
+        stats: &'a Stats,
+        cursor: String,
+        #[serde(serialize_with = "serialize_ms")]
+        server_time: Millis,
+        lag_s: f64,
+        live_status: LiveStatus,
+    },
+    Points {
+        points: &'a [LivePoint],
+        cursor: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        catch_up: bool,
+    },
+    State {
+        state: ActivityState,
+        #[serde(serialize_with = "serialize_ms")]
+        at: Millis,
+        cursor: String,
+    },
+    Stats {
+        stats: &'a Stats,
+        cursor: String,
+    },
+}
+
+/// How a watcher's connection ends.
+enum End {
+    /// Closed with this code and reason.
+    Close(u16, &'static str),
+    /// The watcher does not keep up (or its connection broke): dropped.
+    TooSlow,
+    Failed(StoreError),
+}
+
 fn close(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
@@ -290,65 +240,14 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// Why a watcher stopped being able to take messages.
-struct TooSlow;
-
 /// Queues a message, waiting up to `SLOW_CONSUMER_TIMEOUT` for room; a
 /// consumer that cannot take it by then is too slow.
-async fn enqueue(tx: &mpsc::Sender<Message>, value: Value) -> Result<(), TooSlow> {
-    tx.send_timeout(
-        Message::Text(value.to_string().into()),
-        SLOW_CONSUMER_TIMEOUT,
-    )
-    .await
-    .map_err(|_| TooSlow)
-}
-
-/// Turns released entries into `points`, `state` and `stats` messages, in
-/// stream order; returns whether a final state was among them.
-async fn send_released(tx: &mpsc::Sender<Message>, entries: &[LiveEntry]) -> Result<bool, TooSlow> {
-    let mut finished = false;
-    let mut points = Vec::new();
-    let mut stats = None;
-    for entry in entries {
-        match &entry.item {
-            RecentItem::Point(_) => points.extend(point_json(entry)),
-            RecentItem::State { state, at } => {
-                send_points(tx, &mut points, entry.cursor).await?;
-                finished |= is_final(*state);
-                let msg = json!({"type": "state", "state": state, "at": to_rfc3339(*at),
-                                 "cursor": entry.cursor.to_string()});
-                enqueue(tx, msg).await?;
-            }
-            RecentItem::Stats(s) => stats = Some((s, entry.cursor)),
-        }
-    }
-    if let Some(last) = entries.last() {
-        send_points(tx, &mut points, last.cursor).await?;
-    }
-    // Only the newest statistics matter; older ones in the same release are
-    // superseded.
-    if let Some((s, cursor)) = stats {
-        enqueue(
-            tx,
-            json!({"type": "stats", "stats": s, "cursor": cursor.to_string()}),
-        )
-        .await?;
-    }
-    Ok(finished)
-}
-
-async fn send_points(
-    tx: &mpsc::Sender<Message>,
-    points: &mut Vec<Value>,
-    cursor: StreamCursor,
-) -> Result<(), TooSlow> {
-    for chunk in points.chunks(MAX_POINTS_PER_MESSAGE) {
-        let msg = json!({"type": "points", "points": chunk, "cursor": cursor.to_string()});
-        enqueue(tx, msg).await?;
-    }
-    points.clear();
-    Ok(())
+async fn enqueue(tx: &mpsc::Sender<Message>, message: &WsMessage<'_>) -> Result<(), End> {
+    let text = serde_json::to_string(message)
+        .map_err(|e| End::Failed(StoreError::corrupt("live message", e)))?;
+    tx.send_timeout(Message::Text(text.into()), SLOW_CONSUMER_TIMEOUT)
+        .await
+        .map_err(|_| End::TooSlow)
 }
 
 async fn watch_socket(
@@ -359,12 +258,8 @@ async fn watch_socket(
     viewer: Viewer,
 ) -> Result<(), StoreError> {
     let id = snapshot.activity.id;
-    let (feed, guard) = ctx
-        .live
-        .feed(id, snapshot.activity.started_at, true)
-        .await?;
-    let _guard = guard;
-    let (mut sink, mut incoming) = socket.split();
+    let mut playback = playback(&ctx, snapshot, lag, None, true).await?;
+    let (mut sink, incoming) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(WS_QUEUE);
     let sender = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
@@ -376,115 +271,210 @@ async fn watch_socket(
         let _ = sink.close().await;
     });
 
-    let now = now_ms();
-    let (points, released) = catch_up(&ctx, &feed, &snapshot, now, lag).await?;
-    let (state, stats) = status(&feed, &snapshot, now, lag);
-    let mut cursor = released.last().map(|e| e.cursor);
-    let catch_up_msg = json!({
-        "type": "catch_up",
-        "points": points,
-        "state": state["state"],
-        "state_at": state["at"],
-        "stats": stats,
-        "cursor": cursor.map_or_else(|| "0-0".to_string(), |c| c.to_string()),
-        "server_time": to_rfc3339(now),
-        "lag_s": lag.seconds(),
-        "live_status": live_status(&feed),
-    });
-    // The catch-up may be larger than a normal message; it is the first one,
-    // so the queue has room.
-    let _ = tx.try_send(Message::Text(catch_up_msg.to_string().into()));
-    let mut finished = state["state"]
-        .as_str()
-        .is_some_and(|s| s == "COMPLETE" || s == "DISCARDED");
-
-    let mut arrived = feed.subscribe();
-    let mut revoked = ctx.live.revoked.subscribe();
-    let mut stop = ctx.shutdown.clone();
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.reset();
-    let mut last_heard = Instant::now();
-    let far = Instant::now() + Duration::from_secs(86_400);
-    let share_expiry = match &viewer {
-        Viewer::Share(share) => {
-            Instant::now() + Duration::from_millis((share.expires_at - now_ms()).max(0) as u64)
+    let end = tokio::select! {
+        end = play(&ctx, &mut playback, &tx) => end,
+        end = liveness(incoming, &tx) => end,
+        end = access(&ctx, viewer.share()) => end,
+    };
+    match end {
+        End::Close(code, reason) => {
+            let _ = tx.try_send(close(code, reason));
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
+            Ok(())
         }
-        Viewer::User => far,
-    };
-    let share_id = match &viewer {
-        Viewer::Share(share) => Some(share.id),
-        Viewer::User => None,
-    };
+        End::TooSlow => {
+            metrics::counter!("trailcast_live_slow_watchers_dropped_total").increment(1);
+            tracing::info!(activity = %id, "dropping a watcher that does not keep up");
+            sender.abort();
+            Ok(())
+        }
+        End::Failed(e) => {
+            let _ = tx.try_send(close(1011, "server error"));
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
+            Err(e)
+        }
+    }
+}
 
-    let outcome = loop {
+/// The playback part: catch-up, then each release when it falls due.
+async fn play(ctx: &ApiContext, playback: &mut Playback, tx: &mpsc::Sender<Message>) -> End {
+    let mut arrived = playback.arrivals();
+    let now = ctx.clock.now_ms();
+    let catch_up = match playback.catch_up(ctx.store.points.as_ref(), now).await {
+        Ok(catch_up) => catch_up,
+        Err(e) => return End::Failed(e),
+    };
+    if let Err(end) = send_catch_up(tx, &catch_up, playback, now).await {
+        return end;
+    }
+    let mut finished = catch_up.status.state.is_final();
+    loop {
         if finished {
-            break Some(close(1000, "activity finished"));
+            return End::Close(1000, "activity finished");
         }
-        let now = now_ms();
-        let due = feed.released(cursor, now, lag, MAX_POLL_ENTRIES);
-        if let Some(last) = due.last() {
-            cursor = Some(last.cursor);
-            match send_released(&tx, &due).await {
-                Ok(done) => finished = done,
-                Err(TooSlow) => break None,
+        let now = ctx.clock.now_ms();
+        let release = playback.release(now, MAX_POLL_ENTRIES);
+        if release.entries > 0 {
+            if let Err(end) = send_release(tx, &release).await {
+                return end;
             }
+            finished = release.finished;
             continue;
         }
-        let wake = feed.next_release(cursor, lag).map_or(far, |due| {
-            Instant::now() + Duration::from_millis((due - now).max(0) as u64)
-        });
+        let wake = playback.wake_at().map_or_else(
+            || Instant::now() + Duration::from_secs(86_400),
+            |due| ctx.clock.instant_at(due),
+        );
         tokio::select! {
             _ = sleep_until(wake) => {}
             changed = arrived.changed() => {
                 if changed.is_err() {
-                    break Some(close(1011, "feed stopped"));
+                    return End::Close(1011, "feed stopped");
                 }
             }
+        }
+    }
+}
+
+async fn send_catch_up(
+    tx: &mpsc::Sender<Message>,
+    catch_up: &CatchUp,
+    playback: &Playback,
+    now: Millis,
+) -> Result<(), End> {
+    let cursor = catch_up.cursor.to_string();
+    let mut chunks = catch_up.points.chunks(CATCH_UP_CHUNK);
+    let first = chunks.next().unwrap_or_default();
+    let more = catch_up.points.len() > first.len();
+    enqueue(
+        tx,
+        &WsMessage::CatchUp {
+            points: first,
+            more,
+            state: catch_up.status.state.state,
+            state_at: catch_up.status.state.at,
+            stats: &catch_up.status.stats,
+            cursor: cursor.clone(),
+            server_time: now,
+            lag_s: playback.lag().seconds(),
+            live_status: playback.live_status(),
+        },
+    )
+    .await?;
+    for chunk in chunks {
+        let message = WsMessage::Points {
+            points: chunk,
+            cursor: cursor.clone(),
+            catch_up: true,
+        };
+        enqueue(tx, &message).await?;
+    }
+    Ok(())
+}
+
+/// Turns a release into `points`, `state` and `stats` messages, in stream
+/// order.
+async fn send_release(tx: &mpsc::Sender<Message>, release: &Release) -> Result<(), End> {
+    for item in &release.items {
+        match item {
+            Released::Points { points, cursor } => {
+                for chunk in points.chunks(MAX_POINTS_PER_MESSAGE) {
+                    let message = WsMessage::Points {
+                        points: chunk,
+                        cursor: cursor.to_string(),
+                        catch_up: false,
+                    };
+                    enqueue(tx, &message).await?;
+                }
+            }
+            Released::State { change, cursor } => {
+                let message = WsMessage::State {
+                    state: change.state,
+                    at: change.at,
+                    cursor: cursor.to_string(),
+                };
+                enqueue(tx, &message).await?;
+            }
+        }
+    }
+    if let Some((stats, cursor)) = &release.stats {
+        let message = WsMessage::Stats {
+            stats,
+            cursor: cursor.to_string(),
+        };
+        enqueue(tx, &message).await?;
+    }
+    Ok(())
+}
+
+/// The liveness part: reads the client, pings it, closes on silence.
+async fn liveness(mut incoming: SplitStream<WebSocket>, tx: &mpsc::Sender<Message>) -> End {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.reset();
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
             message = incoming.next() => match message {
-                Some(Ok(Message::Close(_))) | None => break Some(close(1000, "bye")),
+                Some(Ok(Message::Close(_))) | None => return End::Close(1000, "bye"),
                 // Reading also flushes pending writes: a peer whose write
                 // buffer overflowed fails here, as a consumer too slow.
-                Some(Err(_)) => break None,
+                Some(Err(_)) => return End::TooSlow,
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_TIMEOUT {
-                    break Some(close(4001, "idle timeout"));
+                    return End::Close(4001, "idle timeout");
                 }
                 if tx.try_send(Message::Ping(Vec::new().into())).is_err() {
-                    break None;
-                }
-                // A share revoked through another node is noticed here, at
-                // most one ping period late (this node's revocations arrive
-                // at once through `revoked`).
-                if let Some(id) = share_id
-                    && matches!(ctx.store.activities.share(id).await, Ok(None))
-                {
-                    break Some(close(4003, "share revoked"));
+                    return End::TooSlow;
                 }
             }
-            revoked_id = revoked.recv() => {
-                if revoked_id.is_ok_and(|r| Some(r) == share_id) {
-                    break Some(close(4003, "share revoked"));
-                }
-            }
-            _ = sleep_until(share_expiry) => break Some(close(4003, "share expired")),
-            _ = crate::stopped(&mut stop) => break Some(close(1001, "server shutting down")),
-        }
-    };
-    match outcome {
-        Some(message) => {
-            let _ = tx.try_send(message);
-            drop(tx);
-            let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
-        }
-        None => {
-            metrics::counter!("trailcast_live_slow_watchers_dropped_total").increment(1);
-            tracing::info!(activity = %id, "dropping a watcher that does not keep up");
-            sender.abort();
         }
     }
-    Ok(())
+}
+
+/// The access part: a share link's expiry and revocation, and shutdown.
+async fn access(ctx: &ApiContext, share: Option<&Share>) -> End {
+    let mut stop = ctx.shutdown.clone();
+    let Some(share) = share else {
+        crate::stopped(&mut stop).await;
+        return End::Close(1001, "server shutting down");
+    };
+    let mut revoked = ctx.live.revoked.subscribe();
+    let mut recheck = tokio::time::interval(PING_EVERY);
+    recheck.reset();
+    let expiry = ctx.clock.instant_at(share.expires_at);
+    loop {
+        tokio::select! {
+            _ = sleep_until(expiry) => return End::Close(4003, "share expired"),
+            revoked_id = revoked.recv() => match revoked_id {
+                Ok(id) if id == share.id => return End::Close(4003, "share revoked"),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return End::Close(1001, "server shutting down"),
+            },
+            // A share revoked through another node is noticed here, at most
+            // one period late (this node's revocations arrive at once).
+            _ = recheck.tick() => {
+                if matches!(ctx.store.activities.share(share.id).await, Ok(None)) {
+                    return End::Close(4003, "share revoked");
+                }
+            }
+            _ = crate::stopped(&mut stop) => return End::Close(1001, "server shutting down"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LiveItem {
+    activity: ActivityView,
+    position: Option<Point>,
+}
+
+#[derive(Serialize)]
+struct LiveList {
+    items: Vec<LiveItem>,
 }
 
 /// Friends' activities live now, with their last released position. The
@@ -493,8 +483,8 @@ async fn watch_socket(
 async fn friends_live(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
-) -> Result<Json<Value>, ApiError> {
-    let now = now_ms();
+) -> Result<Json<LiveList>, ApiError> {
+    let now = ctx.clock.now_ms();
     let friends = ctx.store.users.friends_of(me.id).await?;
     let candidates: Vec<Uuid> = match ctx.registry.live_of(&friends, now - REGISTRY_TTL_MS).await {
         Ok(live) => live.into_iter().map(|(_, activity)| activity).collect(),
@@ -527,19 +517,15 @@ async fn friends_live(
             .await
             .unwrap_or_default()
             .and_then(|e| match e.item {
-                RecentItem::Point(p) => serde_json::to_value(p).ok(),
+                RecentItem::Point(p) => Some(p),
                 _ => None,
             });
-        items.push((
-            activity.started_at,
-            json!({
-                "activity": ActivityView::of(&snapshot, now),
-                "position": position,
-            }),
-        ));
+        items.push(LiveItem {
+            activity: ActivityView::of(&snapshot, now),
+            position,
+        });
     }
     // Most recently started first, as the history is.
-    items.sort_by_key(|(started, _)| std::cmp::Reverse(*started));
-    let items: Vec<Value> = items.into_iter().map(|(_, item)| item).collect();
-    Ok(Json(json!({"items": items})))
+    items.sort_by_key(|item| std::cmp::Reverse(item.activity.started_at));
+    Ok(Json(LiveList { items }))
 }

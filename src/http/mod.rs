@@ -6,6 +6,7 @@
 //! a request timeout, the body size limit; per-route latency metrics sit on
 //! the matched routes.
 
+mod access;
 mod activities;
 mod auth;
 mod error;
@@ -17,6 +18,7 @@ mod points;
 pub mod ratelimit;
 mod shares;
 mod users;
+mod views;
 mod web;
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{AuthUser, hash_token};
 pub use error::ApiError;
 
+use crate::clock::Clock;
 use crate::ingest::Tracker;
 use crate::ingest::batcher::WriteBehind;
 use crate::live::LiveHub;
@@ -49,6 +52,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Everything a handler may touch; cheap to clone.
 #[derive(Clone)]
 pub struct ApiContext {
+    pub clock: Clock,
     pub store: Persistence,
     pub recent: Arc<dyn RecentStore>,
     pub tracker: Arc<Tracker>,

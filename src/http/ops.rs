@@ -58,7 +58,7 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
                 (true, true) => "ready",
             },
             "checks": {
-                "persistence": {"backend": "embedded", "status": if store_ok { "up" } else { "down" }},
+                "persistence": {"backend": ctx.store.backend(), "status": if store_ok { "up" } else { "down" }},
                 "recent_positions": {"backend": ctx.recent.backend(), "status": if recent_ok { "up" } else { "down" },
                                      "unpublished_activities": ctx.tracker.unpublished_len()},
                 "write_queue": {"queued_points": queued, "capacity_points": capacity,

@@ -8,22 +8,23 @@
 //! point that is invalid is a 422 with its code instead.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
+use super::views::{PointsReply, Rejection};
 use super::{ApiContext, ApiError, AuthUser, MAX_POINTS_PER_REQUEST};
-use crate::domain::time::now_ms;
-use crate::domain::{PointInput, RejectCode, Stats};
+use crate::domain::{Fix, PointInput, RejectCode};
 
 pub fn router() -> Router<ApiContext> {
     Router::new().route("/v1/activities/{id}/points", post(post_points))
 }
 
-fn decode(value: Value) -> Result<PointInput, RejectCode> {
-    serde_json::from_value(value).map_err(|_| RejectCode::InvalidPoint)
+fn decode(value: Value) -> Result<Fix, RejectCode> {
+    serde_json::from_value::<PointInput>(value)
+        .map_err(|_| RejectCode::InvalidPoint)?
+        .to_fix()
 }
 
 async fn post_points(
@@ -31,7 +32,7 @@ async fn post_points(
     AuthUser(me): AuthUser,
     Path(id): Path<Uuid>,
     Json(body): Json<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Json<PointsReply>, ApiError> {
     let (inputs, single) = match body {
         Value::Object(mut obj) if obj.contains_key("points") => match obj.remove("points") {
             Some(Value::Array(points)) => {
@@ -59,34 +60,21 @@ async fn post_points(
         }
     };
 
-    let owner = ctx.tracker.snapshot(id).await?.activity.athlete_id;
-    if owner != me.id {
-        return Err(ApiError::NotFound);
-    }
-    let outcome = ctx.tracker.ingest(id, inputs).await?;
+    let outcome = ctx.tracker.ingest(me.id, id, inputs).await?;
     if single && let Some((_, code)) = outcome.rejected.first() {
         return Err(ApiError::invalid(
             code.as_str(),
             format!("point rejected: {}", code.as_str()),
         ));
     }
-    let rejected: Vec<Value> = outcome
-        .rejected
-        .iter()
-        .map(|(index, code)| json!({"index": index, "code": code}))
-        .collect();
-    let stats = Stats::of(
-        &outcome.snapshot.activity,
-        &outcome.snapshot.track,
-        now_ms(),
-    );
-    Ok((
-        StatusCode::OK,
-        Json(json!({
-            "accepted": outcome.accepted,
-            "duplicates": outcome.duplicates,
-            "rejected": rejected,
-            "stats": stats,
-        })),
-    ))
+    Ok(Json(PointsReply {
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+        rejected: outcome
+            .rejected
+            .into_iter()
+            .map(|(index, code)| Rejection { index, code })
+            .collect(),
+        stats: outcome.snapshot.stats(ctx.clock.now_ms()),
+    }))
 }

@@ -7,7 +7,9 @@
 //! server's sweeper) drops buckets that have been full for a minute, so it is
 //! bounded by the users active in that time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use dashmap::DashMap;
 use uuid::Uuid;
@@ -59,6 +61,12 @@ impl RateLimiter {
             let full_at = b.last + Duration::from_secs_f64((self.burst - b.tokens) / self.rate);
             now.duration_since(b.last) < idle || now < full_at
         });
+    }
+}
+
+impl crate::startup::Sweep for RateLimiter {
+    fn sweep(&self, _now: crate::domain::time::Millis) {
+        RateLimiter::sweep(self);
     }
 }
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::auth::new_token;
 use super::{ApiContext, ApiError, AuthUser, hash_token};
-use crate::domain::time::{now_ms, to_rfc3339};
+use crate::domain::time::to_rfc3339;
 use crate::store::Share;
 
 pub const DEFAULT_SHARE_S: i64 = 24 * 3600;
@@ -44,16 +44,13 @@ async fn create_share(
             format!("expires_in_s must be {MIN_SHARE_S} to {MAX_SHARE_S}"),
         ));
     }
-    let activity = ctx.tracker.snapshot(body.activity_id).await?.activity;
-    if activity.athlete_id != me.id {
-        return Err(ApiError::NotFound);
-    }
+    let activity = ctx.tracker.owned(me.id, body.activity_id).await?.activity;
     let token = new_token();
     let share = Share {
         id: Uuid::now_v7(),
         activity_id: activity.id,
         owner_id: me.id,
-        expires_at: now_ms() + ttl * 1000,
+        expires_at: ctx.clock.now_ms() + ttl * 1000,
         token_hash: hash_token(&token),
     };
     ctx.store.activities.put_share(&share).await?;

@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use super::auth::new_token;
 use super::{ApiContext, ApiError, AuthUser, hash_token};
-use crate::domain::time::now_ms;
 use crate::store::User;
 
 pub const MAX_NAME_CHARS: usize = 64;
@@ -54,7 +53,7 @@ async fn create_user(
     let user = User {
         id: Uuid::now_v7(),
         name: name.to_string(),
-        created_at: now_ms(),
+        created_at: ctx.clock.now_ms(),
         region,
     };
     let token = new_token();

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::domain::Point;
-use crate::store::{PointStore, StoreError, StoreResult};
+use crate::store::{PointStore, StoreResult};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatcherConfig {
@@ -147,7 +147,7 @@ async fn flush_batch(store: &dyn PointStore, jobs: Vec<Job>, n: usize) {
     for job in jobs {
         let reply = match &result {
             Ok(()) => Ok(()),
-            Err(e) => Err(StoreError::Backend(e.to_string())),
+            Err(e) => Err(e.clone()),
         };
         // The handler may have gone away (client disconnected); the points
         // are durable either way.

@@ -32,8 +32,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, HistoryKey, PointStore, RouteCursor, Share, StoreError, StoreResult, User,
-    UserStore,
+    ActivityStore, BoxError, HistoryKey, PointStore, RouteCursor, Share, StoreError, StoreResult,
+    User, UserStore,
 };
 use crate::domain::time::Millis;
 use crate::domain::{Activity, Point};
@@ -53,7 +53,7 @@ pub struct EmbeddedStore {
 
 impl From<fjall::Error> for StoreError {
     fn from(e: fjall::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        StoreError::backend("fjall", e)
     }
 }
 
@@ -88,8 +88,8 @@ fn pair(a: Uuid, b: Uuid) -> [u8; 32] {
     key
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
+fn corrupt(what: impl Into<BoxError>) -> StoreError {
+    StoreError::corrupt("fjall", what)
 }
 
 /// Reads and decodes the JSON record stored under an id.
@@ -131,7 +131,7 @@ async fn blocking<T: Send + 'static>(
 ) -> StoreResult<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+        .map_err(|e| StoreError::backend("fjall task", e))?
 }
 
 impl EmbeddedStore {
@@ -241,6 +241,10 @@ impl UserStore for EmbeddedStore {
 
 #[async_trait]
 impl ActivityStore for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
     async fn put_activity(&self, activity: &Activity) -> StoreResult<()> {
         let this = self.clone();
         let value = serde_json::to_vec(activity).map_err(corrupt)?;

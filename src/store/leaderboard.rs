@@ -20,29 +20,24 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::StoreResult;
 use crate::domain::ActivityType;
 use crate::domain::time::Millis;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A leaderboard's time window; `week` by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Window {
+    #[default]
     Week,
     Month,
     All,
 }
 
 impl Window {
-    pub fn parse(s: &str) -> Option<Window> {
-        match s {
-            "week" => Some(Window::Week),
-            "month" => Some(Window::Month),
-            "all" => Some(Window::All),
-            _ => None,
-        }
-    }
-
     /// The period of this window that `at` falls in, e.g. `2026-W48`.
     pub fn period(self, at: Millis) -> String {
         let t = DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default();

@@ -28,12 +28,65 @@ use crate::domain::{Activity, Point};
 
 pub use recent::{RecentEntry, RecentItem, RecentStore, StreamCursor};
 
-#[derive(Debug, thiserror::Error)]
+/// Why a storage call failed: the operation, and the backend's own error
+/// kept as the source (logged with its whole chain, never sent to clients).
+/// Cloneable, so that one failed group commit can answer every request in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage backend failed: {0}")]
-    Backend(String),
-    #[error("stored record is corrupt: {0}")]
-    Corrupt(String),
+    #[error("{op}: storage backend failed")]
+    Backend {
+        op: &'static str,
+        #[source]
+        source: Cause,
+    },
+    #[error("{op}: stored record is corrupt")]
+    Corrupt {
+        op: &'static str,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl StoreError {
+    pub fn backend(op: &'static str, cause: impl Into<BoxError>) -> StoreError {
+        StoreError::Backend {
+            op,
+            source: Cause(Arc::from(cause.into())),
+        }
+    }
+
+    pub fn corrupt(op: &'static str, cause: impl Into<BoxError>) -> StoreError {
+        StoreError::Corrupt {
+            op,
+            source: Cause(Arc::from(cause.into())),
+        }
+    }
+
+    /// The same failure, named after the operation that met it.
+    pub fn during(self, name: &'static str) -> StoreError {
+        match self {
+            StoreError::Backend { source, .. } => StoreError::Backend { op: name, source },
+            StoreError::Corrupt { source, .. } => StoreError::Corrupt { op: name, source },
+        }
+    }
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A backend error shared between the requests it failed.
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -110,6 +163,8 @@ pub struct Share {
 
 #[async_trait]
 pub trait ActivityStore: Send + Sync + 'static {
+    /// Which backend this is, for `/readyz` (`embedded`, `scylla`).
+    fn backend(&self) -> &'static str;
     /// Creates or replaces the activity record (and its history entry).
     async fn put_activity(&self, activity: &Activity) -> StoreResult<()>;
     async fn activity(&self, id: Uuid) -> StoreResult<Option<Activity>>;
@@ -172,4 +227,10 @@ pub struct Persistence {
     pub users: Arc<dyn UserStore>,
     pub activities: Arc<dyn ActivityStore>,
     pub points: Arc<dyn PointStore>,
+}
+
+impl Persistence {
+    pub fn backend(&self) -> &'static str {
+        self.activities.backend()
+    }
 }

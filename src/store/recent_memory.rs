@@ -15,11 +15,14 @@ use super::StoreResult;
 use super::recent::{
     RECENT_CAP, RECENT_TTL_MS, RECENT_WINDOW_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
 };
-use crate::domain::time::{Millis, now_ms};
+use crate::clock::Clock;
+use crate::domain::time::Millis;
+use crate::startup::Sweep;
 
 #[derive(Default)]
 pub struct MemoryRecentStore {
     streams: DashMap<Uuid, Stream>,
+    clock: Clock,
 }
 
 struct Stream {
@@ -31,6 +34,14 @@ struct Stream {
 impl MemoryRecentStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Stamps arrivals with `clock` (the server's).
+    pub fn with_clock(clock: Clock) -> Self {
+        MemoryRecentStore {
+            streams: DashMap::new(),
+            clock,
+        }
     }
 
     /// Drops streams that received nothing for `RECENT_TTL_MS`.
@@ -47,10 +58,16 @@ impl MemoryRecentStore {
     }
 }
 
+impl Sweep for MemoryRecentStore {
+    fn sweep(&self, now: Millis) {
+        self.expire_idle(now);
+    }
+}
+
 #[async_trait]
 impl RecentStore for MemoryRecentStore {
     async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()> {
-        let arrived = now_ms();
+        let arrived = self.clock.now_ms();
         let mut stream = self.streams.entry(activity).or_insert_with(|| Stream {
             entries: VecDeque::new(),
             last: StreamCursor { ms: 0, seq: 0 },

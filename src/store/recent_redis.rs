@@ -29,7 +29,8 @@ use super::recent::{
     RECENT_CAP, RECENT_TTL_MS, RECENT_WINDOW_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
 };
 use super::{StoreError, StoreResult};
-use crate::domain::time::{Millis, now_ms};
+use crate::clock::Clock;
+use crate::domain::time::Millis;
 
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -37,11 +38,12 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct RedisRecentStore {
     conn: ConnectionManager,
     prefix: String,
+    clock: Clock,
 }
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
-        StoreError::Backend(format!("redis: {e}"))
+        StoreError::backend("redis", e)
     }
 }
 
@@ -62,7 +64,13 @@ impl RedisRecentStore {
         Ok(RedisRecentStore {
             conn,
             prefix: prefix.to_string(),
+            clock: Clock::System,
         })
+    }
+
+    /// Reads the time from `clock` (the server's) when trimming by time.
+    pub fn with_clock(self, clock: Clock) -> RedisRecentStore {
+        RedisRecentStore { clock, ..self }
     }
 
     /// The shared connection, for other Redis-backed stores.
@@ -80,14 +88,16 @@ impl RedisRecentStore {
             .map(|(id, fields)| {
                 let cursor: StreamCursor = id
                     .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
+                    .map_err(|_| StoreError::corrupt("recent stream", format!("stream id {id}")))?;
                 let json = fields
                     .chunks(2)
                     .find(|kv| kv[0] == "i")
                     .and_then(|kv| kv.get(1))
-                    .ok_or_else(|| StoreError::Corrupt(format!("stream entry {id} has no item")))?;
+                    .ok_or_else(|| {
+                        StoreError::corrupt("recent stream", format!("entry {id} has no item"))
+                    })?;
                 let item = serde_json::from_str(json)
-                    .map_err(|e| StoreError::Corrupt(format!("stream entry {id}: {e}")))?;
+                    .map_err(|e| StoreError::corrupt("recent stream", e))?;
                 Ok(RecentEntry { cursor, item })
             })
             .collect()
@@ -100,11 +110,11 @@ impl RecentStore for RedisRecentStore {
         let key = self.key(activity);
         // MINID trims by time (ids are arrival ms); the node's clock stands
         // in for Redis's, close enough for a 30 s window.
-        let min_id = now_ms() - RECENT_WINDOW_MS;
+        let min_id = self.clock.now_ms() - RECENT_WINDOW_MS;
         let mut pipe = redis::pipe();
         for item in items {
-            let json = serde_json::to_string(item)
-                .map_err(|e| StoreError::Corrupt(format!("item: {e}")))?;
+            let json =
+                serde_json::to_string(item).map_err(|e| StoreError::corrupt("recent item", e))?;
             pipe.cmd("XADD")
                 .arg(&key)
                 .arg("MINID")

@@ -156,7 +156,7 @@ impl LiveRegistry for RedisRegistry {
             for id in ids {
                 let id = id
                     .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("registry member {id}")))?;
+                    .map_err(|_| StoreError::corrupt("live registry", format!("member {id}")))?;
                 out.push((*athlete, id));
             }
         }

@@ -48,8 +48,8 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, HistoryKey, PointStore, RouteCursor, Share, StoreError, StoreResult, User,
-    UserStore,
+    ActivityStore, BoxError, HistoryKey, PointStore, RouteCursor, Share, StoreError, StoreResult,
+    User, UserStore,
 };
 use crate::config::ScyllaArgs;
 use crate::domain::time::Millis;
@@ -60,8 +60,7 @@ pub const SCHEMA: &str = include_str!("../../deploy/scylla/schema.cql");
 /// The version recorded in `schema_migrations` once [`SCHEMA`] is applied.
 pub const SCHEMA_VERSION: i32 = 1;
 pub const DEFAULT_KEYSPACE: &str = "trailcast";
-pub const DEFAULT_REPLICATION: &str =
-    "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}";
+pub use crate::config::DEFAULT_REPLICATION;
 
 /// Rows of one partition per unlogged batch: a few KiB, far below Scylla's
 /// batch-size warning (128 KiB).
@@ -167,19 +166,22 @@ pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> an
     session
         .query_unpaged(
             format!("INSERT INTO {keyspace}.schema_migrations (version, applied_at) VALUES (?, ?)"),
-            (SCHEMA_VERSION, CqlTimestamp(crate::domain::time::now_ms())),
+            (
+                SCHEMA_VERSION,
+                CqlTimestamp(crate::clock::Clock::System.now_ms()),
+            ),
         )
         .await
         .context("recording the schema version")?;
     Ok(())
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<BoxError>) -> StoreError {
+    StoreError::backend("scylla", e)
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+fn corrupt(e: impl Into<BoxError>) -> StoreError {
+    StoreError::corrupt("scylla", e)
 }
 
 /// The prepared statements, one per access path.
@@ -540,6 +542,10 @@ fn activity_from(doc: &str) -> StoreResult<Activity> {
 
 #[async_trait]
 impl ActivityStore for ScyllaStore {
+    fn backend(&self) -> &'static str {
+        "scylla"
+    }
+
     async fn put_activity(&self, activity: &Activity) -> StoreResult<()> {
         let doc = activity_doc(activity)?;
         let started = CqlTimestamp(activity.started_at);

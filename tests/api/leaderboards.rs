@@ -5,8 +5,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::helpers::now_ms;
 use trailcast::domain::ActivityType;
-use trailcast::domain::time::now_ms;
 use trailcast::store::leaderboard::{
     Board, Leaderboard, MemoryLeaderboard, RedisLeaderboard, Window,
 };

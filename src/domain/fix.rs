@@ -1,0 +1,69 @@
+//! A position fix as any client sends it, decoded from its wire format but
+//! not yet checked: the one shape every ingest format maps into (today's
+//! JSON points, and the phone trackers' formats), so that the rules that
+//! make a fix a `Point` live in one place (`Fix::validate`).
+
+use super::point::{MAX_FUTURE_SKEW_MS, Point, PointWindow, RejectCode, WINDOW_SLACK_MS};
+use super::time::Millis;
+
+/// Units are the API's: metres, m/s, beats and steps per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Fix {
+    pub ts: Millis,
+    pub lat: f64,
+    pub lng: f64,
+    pub alt: Option<f64>,
+    pub speed: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub hr: Option<f64>,
+    pub cadence: Option<f64>,
+}
+
+impl Fix {
+    /// The point this fix is, if its numbers are finite and in range and its
+    /// time falls inside the activity's window.
+    pub fn validate(&self, window: PointWindow) -> Result<Point, RejectCode> {
+        let (ts, lat, lng) = (self.ts, self.lat, self.lng);
+        let optionals = [self.alt, self.speed, self.accuracy, self.hr, self.cadence];
+        if !lat.is_finite()
+            || !lng.is_finite()
+            || optionals.iter().flatten().any(|v| !v.is_finite())
+        {
+            return Err(RejectCode::NonFinite);
+        }
+        if !(-90.0..=90.0).contains(&lat) {
+            return Err(RejectCode::LatOutOfRange);
+        }
+        if !(-180.0..=180.0).contains(&lng) {
+            return Err(RejectCode::LngOutOfRange);
+        }
+        let non_negative = |v: Option<f64>| v.is_none_or(|v| v >= 0.0);
+        let per_minute = |v: Option<f64>| v.is_none_or(|v| (0.0..=300.0).contains(&v));
+        if !non_negative(self.speed)
+            || !non_negative(self.accuracy)
+            || !per_minute(self.hr)
+            || !per_minute(self.cadence)
+        {
+            return Err(RejectCode::InvalidValue);
+        }
+        if ts > window.now + MAX_FUTURE_SKEW_MS {
+            return Err(RejectCode::TsInFuture);
+        }
+        if ts < window.started_at - WINDOW_SLACK_MS {
+            return Err(RejectCode::TsBeforeStart);
+        }
+        if window.finished_at.is_some_and(|f| ts > f + WINDOW_SLACK_MS) {
+            return Err(RejectCode::TsAfterFinish);
+        }
+        Ok(Point {
+            ts,
+            lat,
+            lng,
+            alt: self.alt,
+            speed: self.speed,
+            accuracy: self.accuracy,
+            hr: self.hr.map(|v| v.round() as u16),
+            cadence: self.cadence.map(|v| v.round() as u16),
+        })
+    }
+}

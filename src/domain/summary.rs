@@ -1,0 +1,42 @@
+//! What an activity's track adds up to: the stored summary (distance,
+//! climb, splits) and the statistics every API reply carries. Plain data;
+//! `track` computes the summary and `activity` the clock-dependent stats.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    /// 1-based index of the kilometre.
+    pub km: u32,
+    /// 1000 for a full kilometre; less for the final partial split.
+    pub distance_m: f64,
+    pub time_s: f64,
+    pub pace_s_per_km: f64,
+}
+
+/// The track-derived part of an activity's summary, stored with the activity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrackSummary {
+    pub distance_m: f64,
+    pub elevation_gain_m: f64,
+    pub points: u64,
+    pub splits: Vec<Split>,
+}
+
+/// The statistics every API reply carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub distance_m: f64,
+    pub moving_time_s: f64,
+    pub elapsed_time_s: f64,
+    pub avg_pace_s_per_km: Option<f64>,
+    pub avg_speed_m_s: Option<f64>,
+    pub elevation_gain_m: f64,
+    pub calories_kcal: f64,
+    pub points: u64,
+}
+
+pub(crate) fn round_to(v: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (v * f).round() / f
+}

@@ -1,0 +1,115 @@
+//! Building a server from its configuration: which backends it runs on
+//! (`Backends::open`), and the periodic housekeeping they need (`Sweep`).
+//! `lib::run` only wires what this builds.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::time::Millis;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::leaderboard::{Leaderboard, MemoryLeaderboard, RedisLeaderboard};
+use crate::store::recent_memory::MemoryRecentStore;
+use crate::store::recent_redis::RedisRecentStore;
+use crate::store::registry::{LiveRegistry, MemoryRegistry, RedisRegistry};
+use crate::store::scylla::ScyllaStore;
+use crate::store::{Persistence, RecentStore};
+
+/// Housekeeping a component needs now and then: dropping what has been idle
+/// too long. The server's sweeper calls every registered one once a minute.
+pub trait Sweep: Send + Sync {
+    fn sweep(&self, now: Millis);
+}
+
+/// The storage a server runs on.
+pub struct Backends {
+    pub persistence: Persistence,
+    pub recent: Arc<dyn RecentStore>,
+    pub leaderboard: Arc<dyn Leaderboard>,
+    pub registry: Arc<dyn LiveRegistry>,
+    /// In-process stores that need sweeping (only those in use).
+    pub sweepers: Vec<Arc<dyn Sweep>>,
+    /// The embedded store, closed (its journal synced) on shutdown.
+    embedded: Option<EmbeddedStore>,
+}
+
+impl Backends {
+    /// Persistence: ScyllaDB when `--scylla-nodes` is set, else the embedded
+    /// store in `--data-dir`. Recent positions, leaderboards and the live
+    /// registry: Redis when `--redis-url` is set, else in process.
+    pub async fn open(config: &Config, clock: Clock) -> anyhow::Result<Backends> {
+        let (persistence, embedded) = open_persistence(config).await?;
+        let mut sweepers: Vec<Arc<dyn Sweep>> = Vec::new();
+        let (recent, leaderboard, registry): (
+            Arc<dyn RecentStore>,
+            Arc<dyn Leaderboard>,
+            Arc<dyn LiveRegistry>,
+        ) = match &config.redis_url {
+            Some(url) => {
+                let redis = RedisRecentStore::new(url, &config.redis_prefix)
+                    .context("the Redis URL")?
+                    .with_clock(clock);
+                let board = RedisLeaderboard::new(redis.connection(), &config.redis_prefix);
+                let registry = RedisRegistry::new(redis.connection(), &config.redis_prefix);
+                (Arc::new(redis), Arc::new(board), Arc::new(registry))
+            }
+            None => {
+                let recent = Arc::new(MemoryRecentStore::with_clock(clock));
+                sweepers.push(recent.clone());
+                (
+                    recent,
+                    Arc::new(MemoryLeaderboard::default()),
+                    Arc::new(MemoryRegistry::default()),
+                )
+            }
+        };
+        Ok(Backends {
+            persistence,
+            recent,
+            leaderboard,
+            registry,
+            sweepers,
+            embedded,
+        })
+    }
+
+    /// Closes what needs closing; called once every task using the
+    /// backends has stopped.
+    pub fn close(self) -> anyhow::Result<()> {
+        if let Some(embedded) = self.embedded {
+            embedded.close().context("closing the embedded store")?;
+        }
+        Ok(())
+    }
+}
+
+async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Option<EmbeddedStore>)> {
+    let scylla = &config.scylla;
+    if !scylla.nodes.is_empty() {
+        let session = crate::store::scylla::connect(scylla, true).await?;
+        if config.scylla_migrate {
+            crate::store::scylla::migrate(&session, &scylla.keyspace, &scylla.replication).await?;
+        }
+        let db =
+            Arc::new(ScyllaStore::open(session, &scylla.keyspace, scylla.max_in_flight).await?);
+        tracing::info!(nodes = %scylla.nodes.join(","), keyspace = %scylla.keyspace, "persistence: ScyllaDB");
+        let store = Persistence {
+            users: db.clone(),
+            activities: db.clone(),
+            points: db,
+        };
+        return Ok((store, None));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let embedded = EmbeddedStore::open(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = Persistence {
+        users: Arc::new(embedded.clone()),
+        activities: Arc::new(embedded.clone()),
+        points: Arc::new(embedded.clone()),
+    };
+    Ok((store, Some(embedded)))
+}

@@ -69,7 +69,7 @@ impl Feed {
     }
 
     /// Reads what arrived since the last pull; returns how many entries.
-    async fn pull(&self, recent: &dyn RecentStore) -> StoreResult<usize> {
+    pub(crate) async fn pull(&self, recent: &dyn RecentStore) -> StoreResult<usize> {
         let result = self.pull_pages(recent).await;
         self.degraded.store(result.is_err(), Ordering::Release);
         result

@@ -318,3 +318,240 @@ fn live_point(entry: &LiveEntry) -> Option<LivePoint> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::domain::{Activity, ActivityType, TrackSummary, Visibility};
+    use crate::live::LiveHub;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::recent_memory::MemoryRecentStore;
+    use crate::store::{RecentStore, StreamCursor};
+
+    const LAG_MS: Millis = 5_000;
+
+    fn point(ts: Millis) -> Point {
+        Point {
+            ts,
+            lat: 48.0,
+            lng: 11.0,
+            alt: None,
+            speed: None,
+            accuracy: None,
+            hr: None,
+            cadence: None,
+        }
+    }
+
+    /// A live activity started at `t0` whose stream holds its start, on a
+    /// clock that moves only with tokio's paused time.
+    struct Fixture {
+        clock: Clock,
+        recent: Arc<MemoryRecentStore>,
+        hub: Arc<LiveHub>,
+        snapshot: ActivitySnapshot,
+        _stop: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Fixture {
+        async fn new() -> Fixture {
+            let clock = Clock::tokio();
+            let t0 = clock.now_ms();
+            let recent = Arc::new(MemoryRecentStore::with_clock(clock));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let hub = LiveHub::new(recent.clone(), clock, stopped);
+            let activity = Activity::start(
+                Uuid::now_v7(),
+                Uuid::now_v7(),
+                ActivityType::Run,
+                Visibility::Friends,
+                None,
+                t0,
+            );
+            let started = RecentItem::State {
+                state: ActivityState::Started,
+                at: t0,
+            };
+            recent.append(activity.id, &[started]).await.unwrap();
+            let snapshot = ActivitySnapshot {
+                activity,
+                track: TrackSummary::default(),
+            };
+            Fixture {
+                clock,
+                recent,
+                hub,
+                snapshot,
+                _stop: stop,
+            }
+        }
+
+        async fn playback(&self, after: Option<StreamCursor>) -> Playback {
+            let a = &self.snapshot.activity;
+            let (feed, _) = self.hub.feed(a.id, a.started_at, false).await.unwrap();
+            Playback::new(feed, self.snapshot.clone(), Lag(LAG_MS), after, None)
+        }
+
+        /// Appends items now and lets the feed read them.
+        async fn arrive(&self, items: &[RecentItem]) {
+            let id = self.snapshot.activity.id;
+            self.recent.append(id, items).await.unwrap();
+            let (feed, _) = self.hub.feed(id, 0, false).await.unwrap();
+            feed.pull(self.recent.as_ref()).await.unwrap();
+        }
+
+        fn now(&self) -> Millis {
+            self.clock.now_ms()
+        }
+    }
+
+    async fn advance_ms(ms: Millis) {
+        tokio::time::advance(Duration::from_millis(ms as u64)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_point_is_released_exactly_lag_after_it_arrived_and_only_once() {
+        let f = Fixture::new().await;
+        let mut playback = f.playback(None).await;
+        advance_ms(1_000).await;
+        let arrived = f.now();
+        f.arrive(&[RecentItem::Point(point(arrived - 500))]).await;
+        // The start itself is released (it arrived 1 s earlier) ...
+        advance_ms(LAG_MS - 1_000).await;
+        let release = playback.release(f.now(), 100);
+        assert_eq!(release.events().count(), 1);
+        assert_eq!(release.points().count(), 0);
+        // ... and the point waits until its own lag is over.
+        assert_eq!(playback.wake_at(), Some(arrived + LAG_MS));
+        advance_ms(999).await;
+        assert_eq!(playback.release(f.now(), 100).entries, 0);
+        advance_ms(1).await;
+        let release = playback.release(f.now(), 100);
+        let points: Vec<Millis> = release.points().map(|p| p.point.ts).collect();
+        assert_eq!(points, [arrived - 500]);
+        assert!(!release.finished);
+        assert_eq!(playback.release(f.now(), 100).entries, 0, "never twice");
+        assert_eq!(playback.wake_at(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn states_split_point_runs_in_stream_order_and_a_final_state_finishes() {
+        let f = Fixture::new().await;
+        let mut playback = f.playback(None).await;
+        let t = f.now();
+        let paused = StateAt {
+            state: ActivityState::Paused,
+            at: t + 1,
+        };
+        let complete = StateAt {
+            state: ActivityState::Complete,
+            at: t + 2,
+        };
+        f.arrive(&[
+            RecentItem::Point(point(t - 3)),
+            RecentItem::Point(point(t - 2)),
+            RecentItem::State {
+                state: paused.state,
+                at: paused.at,
+            },
+            RecentItem::Point(point(t - 4)),
+            RecentItem::State {
+                state: complete.state,
+                at: complete.at,
+            },
+        ])
+        .await;
+        advance_ms(LAG_MS).await;
+        let release = playback.release(f.now(), 100);
+        let shape: Vec<String> = release
+            .items
+            .iter()
+            .map(|r| match r {
+                Released::Points { points, .. } => format!("{} points", points.len()),
+                Released::State { change, .. } => format!("{:?}", change.state),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            ["Started", "2 points", "Paused", "1 points", "Complete"]
+        );
+        let late: Vec<bool> = release.points().map(|p| p.late).collect();
+        assert_eq!(late, [false, false, true], "an older point is marked late");
+        assert!(release.finished);
+        assert!(playback.status(f.now()).state.is_final());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_shows_only_what_the_watcher_has_reached() {
+        let mut f = Fixture::new().await;
+        let t = f.now();
+        // The activity was paused at t+1 (stored), which the stream releases
+        // only after the lag.
+        f.snapshot
+            .activity
+            .transition(ActivityState::Paused, t + 1, t + 1)
+            .unwrap();
+        let playback = f.playback(None).await;
+        advance_ms(1).await;
+        f.arrive(&[RecentItem::State {
+            state: ActivityState::Paused,
+            at: t + 1,
+        }])
+        .await;
+        let status = playback.status(f.now());
+        assert_eq!(
+            status.state.state,
+            ActivityState::Started,
+            "not yet released"
+        );
+        advance_ms(LAG_MS).await;
+        assert_eq!(playback.status(f.now()).state.state, ActivityState::Paused);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catch_up_holds_everything_released_and_moves_the_cursor() {
+        let f = Fixture::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let t = f.now();
+        f.arrive(&[RecentItem::Point(point(t)), RecentItem::Point(point(t + 1))])
+            .await;
+        advance_ms(LAG_MS).await;
+        f.arrive(&[RecentItem::Point(point(t + 2))]).await;
+        let mut playback = f.playback(None).await;
+        let catch_up = playback.catch_up(&store, f.now()).await.unwrap();
+        let points: Vec<Millis> = catch_up.points.iter().map(|p| p.point.ts).collect();
+        assert_eq!(points, [t, t + 1], "the third is not due yet");
+        assert_eq!(Some(catch_up.cursor), playback.cursor());
+        assert_eq!(catch_up.events.len(), 1, "the start");
+        // A poller resuming from that cursor gets the rest once it is due.
+        advance_ms(LAG_MS).await;
+        let release = playback.release(f.now(), 100);
+        assert_eq!(
+            release.points().map(|p| p.point.ts).collect::<Vec<_>>(),
+            [t + 2]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pollers_wait_for_the_next_release_or_the_lag() {
+        let f = Fixture::new().await;
+        let mut playback = f.playback(None).await;
+        advance_ms(LAG_MS).await;
+        playback.release(f.now(), 100);
+        assert_eq!(playback.retry_after_ms(f.now(), false, false), LAG_MS);
+        assert_eq!(playback.retry_after_ms(f.now(), false, true), 30_000);
+        assert_eq!(playback.retry_after_ms(f.now(), true, false), 0);
+        f.arrive(&[RecentItem::Point(point(f.now()))]).await;
+        advance_ms(2_000).await;
+        assert_eq!(
+            playback.retry_after_ms(f.now(), false, false),
+            LAG_MS - 2_000
+        );
+    }
+}

@@ -56,14 +56,16 @@ async fn kill_dash_nine_mid_stream_loses_no_acknowledged_point_or_state_change()
     // what the server acknowledged; the process is killed while they run.
     let points = track(t0, 20_000, 100, 3.0);
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let enough = Arc::new(tokio::sync::Notify::new());
     let mut writers = Vec::new();
     for w in 0..4usize {
-        let (client, base, token, id, acked) = (
+        let (client, base, token, id, acked, enough) = (
             client.clone(),
             base.clone(),
             token.clone(),
             id.clone(),
             acked.clone(),
+            enough.clone(),
         );
         let mine: Vec<_> = points.iter().skip(w).step_by(4).cloned().collect();
         writers.push(tokio::spawn(async move {
@@ -86,15 +88,18 @@ async fn kill_dash_nine_mid_stream_loses_no_acknowledged_point_or_state_change()
                     return;
                 }
                 let ts: Vec<i64> = chunk.iter().map(|p| p["ts"].as_i64().unwrap()).collect();
-                acked.lock().unwrap().extend(ts);
+                let mut acked = acked.lock().unwrap();
+                acked.extend(ts);
+                if acked.len() >= 500 {
+                    enough.notify_one();
+                }
             }
         }));
     }
     // Kill once a good number of points were acknowledged (an event, not a sleep).
-    while acked.lock().unwrap().len() < 500 {
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), enough.notified())
+        .await
+        .expect("500 points acknowledged before the kill");
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     for w in writers {

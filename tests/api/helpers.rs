@@ -10,10 +10,15 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use trailcast::clock::Clock;
 use trailcast::config::Config;
 
 pub struct TestApp {
     pub base: String,
+    /// The server's clock: under `#[tokio::test(start_paused = true)]` it
+    /// moves only with tokio's time, so lags and timeouts pass in no real
+    /// time; use `app.now_ms()`, not `now_ms()`, for timestamps there.
+    pub clock: Clock,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -59,15 +64,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 /// Starts a server on an existing data directory (to test restarts).
 pub async fn spawn_on(data_dir: PathBuf, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(data_dir.clone());
+    config.clock = Clock::tokio();
     adjust(&mut config);
     let listener = TcpListener::bind(config.listen).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
+    let config_clock = config.clock;
     let server = tokio::spawn(trailcast::run(config, listener, async move {
         let _ = stopped.await;
     }));
     TestApp {
         base,
+        clock: config_clock,
         client: reqwest::Client::new(),
         data_dir,
         _tmp: None,
@@ -105,12 +113,18 @@ impl TestApp {
     pub fn at(base: String) -> TestApp {
         TestApp {
             base,
+            clock: Clock::System,
             client: reqwest::Client::new(),
             data_dir: PathBuf::new(),
             _tmp: None,
             stop: None,
             server: None,
         }
+    }
+
+    /// Milliseconds since the epoch on the server's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Graceful shutdown; returns what `run` returned.

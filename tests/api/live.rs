@@ -66,14 +66,16 @@ async fn athlete_with_activity(app: &TestApp) -> (TestUser, String) {
     let id = app
         .start(
             &ann,
-            json!({"type": "RUN", "started_at": now_ms() - 60_000}),
+            json!({"type": "RUN", "started_at": app.now_ms() - 60_000}),
         )
         .await;
     (ann, id)
 }
 
-#[tokio::test]
-async fn the_lag_is_honoured_within_a_second_for_lag_5_and_10() {
+// Time here is tokio's, paused: it moves only when every task waits, so a
+// lag is observed exactly, in no real time.
+#[tokio::test(start_paused = true)]
+async fn the_lag_is_honoured_within_a_tick_for_lag_5_and_10() {
     let app = spawn_app().await;
     let (ann, id) = athlete_with_activity(&app).await;
     let q = |lag: u32| format!("lag={lag}&token={}", ann.token);
@@ -85,17 +87,18 @@ async fn the_lag_is_honoured_within_a_second_for_lag_5_and_10() {
         let catch_up = next_json(ws, Duration::from_secs(5)).await.unwrap();
         assert_eq!(catch_up["type"], "catch_up");
     }
-    let (status, _) = app.post_points(&ann, &id, point(now_ms(), 1)).await;
+    let (status, _) = app.post_points(&ann, &id, point(app.now_ms(), 1)).await;
     assert_eq!(status, StatusCode::OK);
     let acked = Instant::now();
     for (ws, lag) in [(&mut ws5, 5.0), (&mut ws10, 10.0)] {
         loop {
             let msg = next_json(ws, Duration::from_secs(15)).await.unwrap();
             if msg["type"] == "points" {
+                // The feed reads the stream every 250 ms; release is exact.
                 let waited = acked.elapsed().as_secs_f64();
                 assert!(
-                    (waited - lag).abs() <= 1.0,
-                    "lag {lag}: delivered after {waited:.2} s"
+                    (lag..=lag + 0.25).contains(&waited),
+                    "lag {lag}: delivered after {waited:.3} s"
                 );
                 break;
             }
@@ -111,21 +114,22 @@ async fn the_lag_is_honoured_within_a_second_for_lag_5_and_10() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn polling_across_cursors_has_no_gaps_or_repeats_and_retry_follows_the_next_release() {
     let app = spawn_app().await;
     let (ann, id) = athlete_with_activity(&app).await;
     let mut sent = Vec::new();
     let poster = {
-        let (client, url, token) = (
+        let (client, url, token, clock) = (
             app.client.clone(),
             format!("{}/v1/activities/{id}/points", app.base),
             ann.token.clone(),
+            app.clock,
         );
         tokio::spawn(async move {
             let mut ts = Vec::new();
             for i in 0..12 {
-                let t = now_ms();
+                let t = clock.now_ms();
                 let resp = client
                     .post(&url)
                     .bearer_auth(&token)
@@ -176,11 +180,11 @@ async fn polling_across_cursors_has_no_gaps_or_repeats_and_retry_follows_the_nex
     assert_eq!(received, sent, "every point exactly once, in order");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn pause_resume_finish_and_late_points_arrive_then_the_socket_closes_cleanly() {
     let app = spawn_app().await;
     let (ann, id) = athlete_with_activity(&app).await;
-    let t = now_ms();
+    let t = app.now_ms();
     app.post_points(
         &ann,
         &id,
@@ -217,7 +221,8 @@ async fn pause_resume_finish_and_late_points_arrive_then_the_socket_closes_clean
             "stats" => saw_stats = true,
             other => panic!("unexpected {other}"),
         }
-        if states.last().is_some_and(|s| s == "COMPLETE") {
+        // The final stats may come with or right after the COMPLETE state.
+        if saw_stats && states.last().is_some_and(|s| s == "COMPLETE") {
             break;
         }
     }
@@ -254,7 +259,7 @@ async fn only_the_athlete_friends_and_share_holders_may_watch() {
     connect(&app, &id, &format!("token={}", friend.token)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn share_links_work_without_an_account_expire_and_revoke() {
     let app = spawn_app().await;
     let (ann, id) = athlete_with_activity(&app).await;
@@ -478,7 +483,7 @@ async fn a_watcher_that_never_reads_is_dropped_instead_of_growing_memory() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn friends_live_now_lists_live_activities_with_their_released_position() {
     let app = spawn_app().await;
     let (ann, id) = athlete_with_activity(&app).await;
@@ -491,7 +496,7 @@ async fn friends_live_now_lists_live_activities_with_their_released_position() {
         json!({"state": "COMPLETE"}),
     )
     .await;
-    app.post_points(&ann, &id, point(now_ms(), 3)).await;
+    app.post_points(&ann, &id, point(app.now_ms(), 3)).await;
 
     let (_, now_live) = app.get("/v1/live", &me.token).await;
     let items = now_live["items"].as_array().unwrap();

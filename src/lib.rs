@@ -86,6 +86,8 @@ pub async fn run(
     let mut sweepers = backends.sweepers.clone();
     sweepers.push(tracker.clone());
     sweepers.push(limiter.clone());
+    let rules = Arc::new(http::privacy::RulesCache::default());
+    sweepers.push(rules.clone());
     let sweeper = tokio::spawn(sweep(tracker.clone(), sweepers, clock, closing_rx.clone()));
 
     let ctx = ApiContext {
@@ -99,6 +101,8 @@ pub async fn run(
         limiter,
         leaderboard: backends.leaderboard.clone(),
         registry: backends.registry.clone(),
+        audience: backends.audience.clone(),
+        rules,
         shutdown: closing_rx,
     };
     let app = http::router(ctx);

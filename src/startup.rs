@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::time::Millis;
+use crate::store::audience::{Audience, MemoryAudience, RedisAudience};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::leaderboard::{Leaderboard, MemoryLeaderboard, RedisLeaderboard};
 use crate::store::recent_memory::MemoryRecentStore;
@@ -29,6 +30,8 @@ pub struct Backends {
     pub recent: Arc<dyn RecentStore>,
     pub leaderboard: Arc<dyn Leaderboard>,
     pub registry: Arc<dyn LiveRegistry>,
+    /// Who watches which live activity now.
+    pub audience: Arc<dyn Audience>,
     /// In-process stores that need sweeping (only those in use).
     pub sweepers: Vec<Arc<dyn Sweep>>,
     /// The embedded store, closed (its journal synced) on shutdown.
@@ -42,39 +45,37 @@ impl Backends {
     pub async fn open(config: &Config, clock: Clock) -> anyhow::Result<Backends> {
         let (persistence, embedded) = open_persistence(config).await?;
         let mut sweepers: Vec<Arc<dyn Sweep>> = Vec::new();
-        let (recent, leaderboard, registry): (
-            Arc<dyn RecentStore>,
-            Arc<dyn Leaderboard>,
-            Arc<dyn LiveRegistry>,
-        ) = match &config.redis_url {
+        match &config.redis_url {
             Some(url) => {
                 let redis = RedisRecentStore::new(url, &config.redis_prefix)
                     .context("the Redis URL")?
                     .with_clock(clock);
-                let board = RedisLeaderboard::new(redis.connection(), &config.redis_prefix);
-                let registry = RedisRegistry::new(redis.connection(), &config.redis_prefix);
-                (Arc::new(redis), Arc::new(board), Arc::new(registry))
+                let prefix = &config.redis_prefix;
+                Ok(Backends {
+                    persistence,
+                    leaderboard: Arc::new(RedisLeaderboard::new(redis.connection(), prefix)),
+                    registry: Arc::new(RedisRegistry::new(redis.connection(), prefix)),
+                    audience: Arc::new(RedisAudience::new(redis.connection(), prefix)),
+                    recent: Arc::new(redis),
+                    sweepers,
+                    embedded,
+                })
             }
             None => {
                 let recent = Arc::new(MemoryRecentStore::with_clock(clock));
                 sweepers.push(recent.clone());
-                (
+                Ok(Backends {
+                    persistence,
                     recent,
-                    Arc::new(MemoryLeaderboard::default()),
-                    Arc::new(MemoryRegistry::default()),
-                )
+                    leaderboard: Arc::new(MemoryLeaderboard::default()),
+                    registry: Arc::new(MemoryRegistry::default()),
+                    audience: Arc::new(MemoryAudience::default()),
+                    sweepers,
+                    embedded,
+                })
             }
-        };
-        Ok(Backends {
-            persistence,
-            recent,
-            leaderboard,
-            registry,
-            sweepers,
-            embedded,
-        })
+        }
     }
-
     /// Closes what needs closing; called once every task using the
     /// backends has stopped.
     pub fn close(self) -> anyhow::Result<()> {

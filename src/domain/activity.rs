@@ -104,6 +104,14 @@ pub struct Activity {
     /// Metres this activity has added to the leaderboards so far.
     #[serde(default)]
     pub leaderboard_m: f64,
+    /// Radius hidden around the first and last point from everyone but the
+    /// athlete (`privacy`); 0 hides nothing.
+    #[serde(default)]
+    pub hide_ends_m: u32,
+    /// Users the athlete removed from this activity's audience: they see it
+    /// as if it did not exist, whatever its visibility.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_viewers: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,6 +157,8 @@ impl Activity {
             }],
             track: TrackSummary::default(),
             leaderboard_m: 0.0,
+            hide_ends_m: 0,
+            blocked_viewers: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod fix;
 pub mod point;
+pub mod privacy;
 pub mod summary;
 pub mod time;
 pub mod track;
@@ -13,5 +14,6 @@ pub mod track;
 pub use activity::{Activity, ActivityState, ActivityType, Event, TransitionError, Visibility};
 pub use fix::Fix;
 pub use point::{Point, PointInput, RejectCode};
+pub use privacy::{PrivacyFilter, PrivacyZone};
 pub use summary::{Split, Stats, TrackSummary};
 pub use track::TrackAccumulator;

@@ -2,7 +2,8 @@
 //!
 //! An activity is visible to its athlete always; to friends when its
 //! visibility is `friends` or `public`; to any signed-in user when `public`.
-//! Discarded activities are the athlete's alone. Everyone else gets 404,
+//! Discarded activities are the athlete's alone, and a user the athlete
+//! removed from an activity's audience (`privacy`) no longer sees it. Everyone else gets 404,
 //! exactly as for an id that does not exist, so ids do not leak.
 //!
 //! The live endpoints are also open to holders of a share link, and take
@@ -29,6 +30,9 @@ pub async fn can_view(
 ) -> Result<bool, ApiError> {
     if activity.athlete_id == viewer.id {
         return Ok(true);
+    }
+    if activity.blocked_viewers.contains(&viewer.id) {
+        return Ok(false);
     }
     Ok(match (activity.state, activity.visibility) {
         (ActivityState::Discarded, _) | (_, Visibility::Private) => false,

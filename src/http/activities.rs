@@ -15,6 +15,7 @@ use super::access::visible_snapshot;
 use super::views::{ActivityView, Page};
 use super::{ApiContext, ApiError, AuthUser, page_limit};
 use crate::domain::point::MAX_FUTURE_SKEW_MS;
+use crate::domain::privacy::MAX_HIDE_ENDS_M;
 use crate::domain::time::{Millis, deserialize_opt_ms, to_rfc3339};
 use crate::domain::{Activity, ActivityState, ActivityType, Point, Visibility};
 use crate::store::{HistoryKey, read_track};
@@ -79,23 +80,53 @@ async fn get_activity(
     Ok(Json(ActivityView::of(&snapshot, ctx.clock.now_ms())))
 }
 
+/// `PATCH /v1/activities/{id}`: a state change, the athlete's audience
+/// settings, or both (the settings first).
 #[derive(Deserialize)]
-struct StateChange {
-    state: ActivityState,
+struct Change {
+    state: Option<ActivityState>,
     #[serde(default, deserialize_with = "deserialize_opt_ms")]
     at: Option<Millis>,
+    visibility: Option<Visibility>,
+    hide_ends_m: Option<u32>,
 }
 
 async fn change_state(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
     Path(id): Path<Uuid>,
-    Json(body): Json<StateChange>,
+    Json(body): Json<Change>,
 ) -> Result<Json<ActivityView>, ApiError> {
-    let snapshot = ctx
-        .tracker
-        .transition(me.id, id, body.state, body.at)
-        .await?;
+    if body.hide_ends_m.is_some_and(|m| m > MAX_HIDE_ENDS_M) {
+        return Err(ApiError::invalid(
+            "invalid_hide_ends",
+            format!("hide_ends_m must be 0 to {MAX_HIDE_ENDS_M}"),
+        ));
+    }
+    let mut snapshot = None;
+    if body.visibility.is_some() || body.hide_ends_m.is_some() {
+        snapshot = Some(
+            ctx.tracker
+                .amend(me.id, id, |a| {
+                    a.visibility = body.visibility.unwrap_or(a.visibility);
+                    a.hide_ends_m = body.hide_ends_m.unwrap_or(a.hide_ends_m);
+                })
+                .await?,
+        );
+        ctx.rules.forget(id);
+        let _ = ctx.live.access_changed.send(id);
+    }
+    if let Some(state) = body.state {
+        snapshot = Some(ctx.tracker.transition(me.id, id, state, body.at).await?);
+        // A finished activity's hidden end is now known.
+        ctx.rules.forget(id);
+    }
+    let Some(snapshot) = snapshot else {
+        return Err(ApiError::invalid(
+            "empty_change",
+            "give a state, a visibility or hide_ends_m",
+        ));
+    };
     Ok(Json(ActivityView::of(&snapshot, ctx.clock.now_ms())))
 }
 
@@ -121,7 +152,13 @@ async fn get_route(
     Query(q): Query<RouteQuery>,
 ) -> Result<Response, ApiError> {
     let snapshot = visible_snapshot(&ctx, &me, id).await?;
-    let track = read_track(ctx.store.points.as_ref(), id).await?;
+    let mut track = read_track(ctx.store.points.as_ref(), id).await?;
+    if snapshot.activity.athlete_id != me.id {
+        let rules = ctx.rules.get(&ctx, id).await?;
+        if !rules.filter.is_empty() {
+            track.retain(|p| !rules.filter.hides(p.lat, p.lng));
+        }
+    }
     match q.format {
         RouteFormat::Json => Ok(Json(json!({"points": track})).into_response()),
         RouteFormat::Geojson => Ok((

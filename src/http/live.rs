@@ -20,6 +20,7 @@
 //! (`SOCKET_SEND_BUFFER`, 128 KiB as Linux counts it), however much the
 //! athlete posts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -36,16 +37,18 @@ use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
 use super::access::Viewer;
+use super::privacy::{RULES_TTL_MS, Rules};
 use super::views::ActivityView;
 use super::{ApiContext, ApiError, AuthUser};
 use crate::domain::time::{Millis, serialize_ms};
-use crate::domain::{ActivityState, Point, Stats, Visibility};
+use crate::domain::{ActivityState, Point, PrivacyFilter, Stats, Visibility};
 use crate::ingest::{ActivitySnapshot, IngestError};
 use crate::live::{
     CatchUp, DEFAULT_LAG_MS, Lag, LivePoint, LiveStatus, Playback, Release, Released, StateAt,
 };
+use crate::store::audience::{LEASE_MS, POLL_LEASE_MS, RENEW_EVERY_MS, Watcher, Who};
 use crate::store::registry::REGISTRY_TTL_MS;
-use crate::store::{RecentItem, Share, StoreError, StreamCursor};
+use crate::store::{RecentItem, StoreError, StreamCursor};
 
 pub const WS_QUEUE: usize = 16;
 pub const MAX_POINTS_PER_MESSAGE: usize = 100;
@@ -124,6 +127,34 @@ async fn playback(
     Ok(Playback::new(feed, snapshot, lag, after, guard))
 }
 
+/// The activity's rules, if they let `viewer` in (`NotFound` otherwise).
+async fn admitted(ctx: &ApiContext, viewer: &Viewer, id: Uuid) -> Result<Arc<Rules>, ApiError> {
+    let rules = ctx.rules.get(ctx, id).await?;
+    match rules.excludes(viewer) {
+        true => Err(ApiError::NotFound),
+        false => Ok(rules),
+    }
+}
+
+/// Who `viewer` is in the activity's audience; `None` for the athlete, who
+/// does not count as watching their own activity.
+fn watcher_of(viewer: &Viewer, rules: &Rules, connection: Uuid) -> Option<Watcher> {
+    let who = match viewer {
+        _ if rules.is_athlete(viewer) => return None,
+        Viewer::User(user) => Who::User(user.id),
+        Viewer::Share(share) => Who::Share(share.id),
+    };
+    Some(Watcher { who, connection })
+}
+
+/// Takes or renews a watcher's lease; the audience list is best effort, so
+/// a failure is logged, never the watcher's problem.
+async fn attend(ctx: &ApiContext, id: Uuid, watcher: Watcher, until: Millis) {
+    if let Err(e) = ctx.audience.renew(id, watcher, until).await {
+        tracing::warn!(error = %e, activity = %id, "could not record a viewer");
+    }
+}
+
 async fn poll(
     State(ctx): State<ApiContext>,
     Path(id): Path<Uuid>,
@@ -133,10 +164,14 @@ async fn poll(
     let lag = parse_lag(q.lag)?;
     let after = parse_cursor(q.after.as_deref())?;
     let snapshot = viewer.watch(&ctx, id).await?;
+    let rules = admitted(&ctx, &viewer, id).await?;
     let mut playback = playback(&ctx, snapshot, lag, after, false).await?;
     let now = ctx.clock.now_ms();
+    if let Some(watcher) = watcher_of(&viewer, &rules, Uuid::nil()) {
+        attend(&ctx, id, watcher, now + POLL_LEASE_MS).await;
+    }
     let reset = playback.lost();
-    let (points, events, cut_short) = if after.is_none() || reset {
+    let (mut points, events, cut_short) = if after.is_none() || reset {
         let CatchUp { points, events, .. } =
             playback.catch_up(ctx.store.points.as_ref(), now).await?;
         (points, events, false)
@@ -146,6 +181,9 @@ async fn poll(
         let points = release.points().cloned().collect();
         (points, release.events().collect(), cut_short)
     };
+    if let Some(filter) = rules.filter_for(&viewer) {
+        points.retain(|p| !filter.hides(p.point.lat, p.point.lng));
+    }
     let status = playback.status(now);
     let finished = status.state.is_final();
     Ok(Json(LivePoll {
@@ -175,6 +213,7 @@ async fn websocket(
 ) -> Result<Response, ApiError> {
     let lag = parse_lag(q.lag)?;
     let snapshot = viewer.watch(&ctx, id).await?;
+    admitted(&ctx, &viewer, id).await?;
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
@@ -271,11 +310,23 @@ async fn watch_socket(
         let _ = sink.close().await;
     });
 
+    let rules = ctx.rules.get(&ctx, id).await.ok();
+    let watcher = rules
+        .as_deref()
+        .and_then(|rules| watcher_of(&viewer, rules, Uuid::now_v7()));
+    if let Some(watcher) = watcher {
+        attend(&ctx, id, watcher, ctx.clock.now_ms() + LEASE_MS).await;
+    }
     let end = tokio::select! {
-        end = play(&ctx, &mut playback, &tx) => end,
+        end = play(&ctx, &mut playback, &tx, &viewer) => end,
         end = liveness(incoming, &tx) => end,
-        end = access(&ctx, viewer.share()) => end,
+        end = access(&ctx, id, &viewer, watcher) => end,
     };
+    if let Some(watcher) = watcher
+        && let Err(e) = ctx.audience.leave(id, watcher).await
+    {
+        tracing::warn!(error = %e, activity = %id, "could not remove a viewer");
+    }
     match end {
         End::Close(code, reason) => {
             let _ = tx.try_send(close(code, reason));
@@ -299,13 +350,29 @@ async fn watch_socket(
 }
 
 /// The playback part: catch-up, then each release when it falls due.
-async fn play(ctx: &ApiContext, playback: &mut Playback, tx: &mpsc::Sender<Message>) -> End {
+async fn play(
+    ctx: &ApiContext,
+    playback: &mut Playback,
+    tx: &mpsc::Sender<Message>,
+    viewer: &Viewer,
+) -> End {
+    let id = playback.activity();
     let mut arrived = playback.arrivals();
     let now = ctx.clock.now_ms();
-    let catch_up = match playback.catch_up(ctx.store.points.as_ref(), now).await {
+    let mut catch_up = match playback.catch_up(ctx.store.points.as_ref(), now).await {
         Ok(catch_up) => catch_up,
         Err(e) => return End::Failed(e),
     };
+    match ctx.rules.get(ctx, id).await {
+        Ok(rules) => {
+            if let Some(filter) = rules.filter_for(viewer) {
+                catch_up
+                    .points
+                    .retain(|p| !filter.hides(p.point.lat, p.point.lng));
+            }
+        }
+        Err(_) => return End::Close(4003, "access revoked"),
+    }
     if let Err(end) = send_catch_up(tx, &catch_up, playback, now).await {
         return end;
     }
@@ -317,7 +384,11 @@ async fn play(ctx: &ApiContext, playback: &mut Playback, tx: &mpsc::Sender<Messa
         let now = ctx.clock.now_ms();
         let release = playback.release(now, MAX_POLL_ENTRIES);
         if release.entries > 0 {
-            if let Err(end) = send_release(tx, &release).await {
+            let rules = match ctx.rules.get(ctx, id).await {
+                Ok(rules) => rules,
+                Err(_) => return End::Close(4003, "access revoked"),
+            };
+            if let Err(end) = send_release(tx, &release, rules.filter_for(viewer)).await {
                 return end;
             }
             finished = release.finished;
@@ -376,10 +447,26 @@ async fn send_catch_up(
 
 /// Turns a release into `points`, `state` and `stats` messages, in stream
 /// order.
-async fn send_release(tx: &mpsc::Sender<Message>, release: &Release) -> Result<(), End> {
+async fn send_release(
+    tx: &mpsc::Sender<Message>,
+    release: &Release,
+    filter: Option<&PrivacyFilter>,
+) -> Result<(), End> {
     for item in &release.items {
         match item {
             Released::Points { points, cursor } => {
+                let shown: Vec<LivePoint>;
+                let points = match filter {
+                    Some(filter) => {
+                        shown = points
+                            .iter()
+                            .filter(|p| !filter.hides(p.point.lat, p.point.lng))
+                            .cloned()
+                            .collect();
+                        &shown
+                    }
+                    None => points,
+                };
                 for chunk in points.chunks(MAX_POINTS_PER_MESSAGE) {
                     let message = WsMessage::Points {
                         points: chunk,
@@ -435,35 +522,79 @@ async fn liveness(mut incoming: SplitStream<WebSocket>, tx: &mpsc::Sender<Messag
     }
 }
 
-/// The access part: a share link's expiry and revocation, and shutdown.
-async fn access(ctx: &ApiContext, share: Option<&Share>) -> End {
+/// The access part: the viewer's lease in the audience, the activity's
+/// audience settings (checked again when this node changes them and at
+/// least every `RULES_TTL_MS`), a share link's expiry and revocation, and
+/// shutdown.
+async fn access(ctx: &ApiContext, id: Uuid, viewer: &Viewer, watcher: Option<Watcher>) -> End {
     let mut stop = ctx.shutdown.clone();
-    let Some(share) = share else {
-        crate::stopped(&mut stop).await;
-        return End::Close(1001, "server shutting down");
-    };
     let mut revoked = ctx.live.revoked.subscribe();
-    let mut recheck = tokio::time::interval(PING_EVERY);
-    recheck.reset();
-    let expiry = ctx.clock.instant_at(share.expires_at);
+    let mut changed = ctx.live.access_changed.subscribe();
+    let share = viewer.share();
+    let expiry = share.map(|s| ctx.clock.instant_at(s.expires_at));
+    let mut recheck = tokio::time::interval(Duration::from_millis(RULES_TTL_MS as u64));
+    let mut renew = tokio::time::interval(Duration::from_millis(RENEW_EVERY_MS as u64));
+    renew.reset();
+    let mut share_check = tokio::time::interval(PING_EVERY);
+    share_check.reset();
     loop {
         tokio::select! {
-            _ = sleep_until(expiry) => return End::Close(4003, "share expired"),
-            revoked_id = revoked.recv() => match revoked_id {
-                Ok(id) if id == share.id => return End::Close(4003, "share revoked"),
+            _ = renew.tick(), if watcher.is_some() => {
+                if let Some(watcher) = watcher {
+                    attend(ctx, id, watcher, ctx.clock.now_ms() + LEASE_MS).await;
+                }
+            }
+            _ = recheck.tick() => {
+                if let Some(end) = still_admitted(ctx, id, viewer).await {
+                    return end;
+                }
+            }
+            changed_id = changed.recv() => match changed_id {
+                Ok(changed_id) if changed_id != id => {}
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    if let Some(end) = still_admitted(ctx, id, viewer).await {
+                        return end;
+                    }
+                }
+                Err(RecvError::Closed) => return End::Close(1001, "server shutting down"),
+            },
+            _ = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                return End::Close(4003, "share expired");
+            }
+            revoked_id = revoked.recv(), if share.is_some() => match revoked_id {
+                Ok(revoked_id) if Some(revoked_id) == share.map(|s| s.id) => {
+                    return End::Close(4003, "share revoked");
+                }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return End::Close(1001, "server shutting down"),
             },
             // A share revoked through another node is noticed here, at most
             // one period late (this node's revocations arrive at once).
-            _ = recheck.tick() => {
-                if matches!(ctx.store.activities.share(share.id).await, Ok(None)) {
+            _ = share_check.tick(), if share.is_some() => {
+                if let Some(share) = share
+                    && matches!(ctx.store.activities.share(share.id).await, Ok(None))
+                {
                     return End::Close(4003, "share revoked");
                 }
             }
             _ = crate::stopped(&mut stop) => return End::Close(1001, "server shutting down"),
         }
     }
+}
+
+/// `None` while the activity's rules still let `viewer` in; the close
+/// otherwise. A store that cannot answer keeps the watcher (the next check
+/// may).
+async fn still_admitted(ctx: &ApiContext, id: Uuid, viewer: &Viewer) -> Option<End> {
+    match ctx.rules.get(ctx, id).await {
+        Ok(rules) if rules.excludes(viewer) => Some(End::Close(4003, "access revoked")),
+        Err(ApiError::NotFound) => Some(End::Close(4003, "access revoked")),
+        Ok(_) | Err(_) => None,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 #[derive(Serialize)]
@@ -520,6 +651,12 @@ async fn friends_live(
                 RecentItem::Point(p) => Some(p),
                 _ => None,
             });
+        let rules = match ctx.rules.get(&ctx, id).await {
+            Ok(rules) if !rules.blocked.contains(&me.id) => rules,
+            Ok(_) | Err(ApiError::NotFound) => continue,
+            Err(e) => return Err(e),
+        };
+        let position = position.filter(|p| !rules.filter.hides(p.lat, p.lng));
         items.push(LiveItem {
             activity: ActivityView::of(&snapshot, now),
             position,

@@ -15,6 +15,7 @@ mod leaderboards;
 mod live;
 mod ops;
 mod points;
+pub mod privacy;
 pub mod ratelimit;
 mod shares;
 mod users;
@@ -62,6 +63,9 @@ pub struct ApiContext {
     pub limiter: Arc<ratelimit::RateLimiter>,
     pub leaderboard: Arc<dyn crate::store::leaderboard::Leaderboard>,
     pub registry: Arc<dyn crate::store::registry::LiveRegistry>,
+    pub audience: Arc<dyn crate::store::audience::Audience>,
+    /// Audience settings and privacy filters of recently watched activities.
+    pub rules: Arc<privacy::RulesCache>,
     /// Set to `true` when the server is shutting down (WebSockets close).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -74,6 +78,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(points::router())
         .merge(live::router())
         .merge(shares::router())
+        .merge(privacy::router())
         .merge(leaderboards::router())
         .route_layer(middleware::from_fn(record_metrics))
         .merge(ops::router())

@@ -18,6 +18,8 @@ pub struct ActivityView {
     pub activity_type: ActivityType,
     pub state: ActivityState,
     pub visibility: Visibility,
+    /// Radius hidden around the track's ends from everyone but the athlete.
+    pub hide_ends_m: u32,
     pub course_id: Option<Uuid>,
     #[serde(serialize_with = "serialize_ms")]
     pub started_at: Millis,
@@ -37,6 +39,7 @@ impl ActivityView {
             activity_type: a.activity_type,
             state: a.state,
             visibility: a.visibility,
+            hide_ends_m: a.hide_ends_m,
             course_id: a.course_id,
             started_at: a.started_at,
             finished_at: a.finished_at,

@@ -237,6 +237,27 @@ impl Tracker {
         Ok(snapshot)
     }
 
+    /// Changes the athlete's settings of an activity (visibility, hidden
+    /// ends, blocked viewers): `change` edits a copy of the stored record,
+    /// which is written before the hot entry takes it.
+    pub async fn amend(
+        &self,
+        owner: Uuid,
+        id: Uuid,
+        change: impl FnOnce(&mut Activity),
+    ) -> Result<ActivitySnapshot, IngestError> {
+        let mut hot = self.lock_owned(owner, id).await?;
+        let now = self.clock.now_ms();
+        self.hot.resync(&mut hot, now).await?;
+        let mut next = hot.activity.clone();
+        change(&mut next);
+        self.store.activities.put_activity(&next).await?;
+        hot.activity = next;
+        hot.touched = now;
+        hot.synced = now;
+        Ok(hot.snapshot())
+    }
+
     /// Validates, de-duplicates and durably stores the fixes the athlete
     /// `owner` sent (each already decoded from its wire format, or the
     /// reason it could not be), then updates the running statistics.

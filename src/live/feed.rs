@@ -267,6 +267,9 @@ pub struct LiveHub {
     stop: watch::Receiver<bool>,
     /// Ids of revoked share links, for open WebSockets to notice at once.
     pub revoked: broadcast::Sender<Uuid>,
+    /// Ids of activities whose audience this node just changed (visibility,
+    /// a removed viewer), for open WebSockets to check again at once.
+    pub access_changed: broadcast::Sender<Uuid>,
 }
 
 impl LiveHub {
@@ -281,6 +284,7 @@ impl LiveHub {
             clock,
             stop,
             revoked: broadcast::channel(64).0,
+            access_changed: broadcast::channel(64).0,
         })
     }
 

@@ -14,6 +14,7 @@
 //! a clock.
 
 use std::sync::Arc;
+use uuid::Uuid;
 
 use serde::Serialize;
 
@@ -152,6 +153,11 @@ impl Playback {
 
     pub fn lag(&self) -> Lag {
         self.lag
+    }
+
+    /// The activity played back.
+    pub fn activity(&self) -> Uuid {
+        self.snapshot.activity.id
     }
 
     pub fn cursor(&self) -> Option<StreamCursor> {

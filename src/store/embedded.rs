@@ -14,6 +14,7 @@
 //! | `points` | activity_id ‖ ts | `Point::encode_value` |
 //! | `shares` | share_id | JSON `Share` |
 //! | `share_tokens` | sha256(token) | share_id |
+//! | `privacy_zones` | user_id | JSON `[PrivacyZone]` |
 //!
 //! `activities_by_athlete` stores the bitwise complement of the clustering
 //! columns so that an ascending scan is newest first (Scylla's `DESC`).
@@ -36,7 +37,7 @@ use super::{
     User, UserStore,
 };
 use crate::domain::time::Millis;
-use crate::domain::{Activity, Point};
+use crate::domain::{Activity, Point, PrivacyZone};
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -49,6 +50,7 @@ pub struct EmbeddedStore {
     points: Keyspace,
     shares: Keyspace,
     share_tokens: Keyspace,
+    privacy_zones: Keyspace,
 }
 
 impl From<fjall::Error> for StoreError {
@@ -147,6 +149,7 @@ impl EmbeddedStore {
             points: ks("points")?,
             shares: ks("shares")?,
             share_tokens: ks("share_tokens")?,
+            privacy_zones: ks("privacy_zones")?,
             db,
         })
     }
@@ -222,6 +225,22 @@ impl UserStore for EmbeddedStore {
     async fn has_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<bool> {
         let this = self.clone();
         blocking(move || Ok(this.friend_requests.contains_key(pair(from, to))?)).await
+    }
+
+    async fn privacy_zones(&self, user: Uuid) -> StoreResult<Vec<PrivacyZone>> {
+        Ok(get_json(self.privacy_zones.clone(), user)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn set_privacy_zones(&self, user: Uuid, zones: &[PrivacyZone]) -> StoreResult<()> {
+        let value = serde_json::to_vec(zones).map_err(corrupt)?;
+        let this = self.clone();
+        blocking(move || {
+            this.privacy_zones.insert(user.as_bytes(), value)?;
+            this.sync()
+        })
+        .await
     }
 
     async fn friend_requests_from(&self, from: Uuid) -> StoreResult<Vec<Uuid>> {

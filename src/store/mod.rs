@@ -9,6 +9,7 @@
 //! Key layouts are documented in the backend files; they follow DESIGN.md
 //! (a partition is what one query reads, in clustering order).
 
+pub mod audience;
 pub mod embedded;
 pub mod leaderboard;
 pub mod recent;
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::time::{Millis, deserialize_ms, serialize_ms};
-use crate::domain::{Activity, Point};
+use crate::domain::{Activity, Point, PrivacyZone};
 
 pub use recent::{RecentEntry, RecentItem, RecentStore, StreamCursor};
 
@@ -115,6 +116,11 @@ pub trait UserStore: Send + Sync + 'static {
     async fn has_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<bool>;
     /// Everyone `from` has asked, friends or not yet.
     async fn friend_requests_from(&self, from: Uuid) -> StoreResult<Vec<Uuid>>;
+
+    /// The athlete's privacy zones (none when never set).
+    async fn privacy_zones(&self, user: Uuid) -> StoreResult<Vec<PrivacyZone>>;
+    /// Replaces the athlete's privacy zones (already validated).
+    async fn set_privacy_zones(&self, user: Uuid, zones: &[PrivacyZone]) -> StoreResult<()>;
 
     async fn are_friends(&self, a: Uuid, b: Uuid) -> StoreResult<bool> {
         Ok(self.has_friend_request(a, b).await? && self.has_friend_request(b, a).await?)

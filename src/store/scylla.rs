@@ -53,7 +53,7 @@ use super::{
 };
 use crate::config::ScyllaArgs;
 use crate::domain::time::Millis;
-use crate::domain::{Activity, Point};
+use crate::domain::{Activity, Point, PrivacyZone};
 
 /// The schema, as shipped in deploy/ (one copy for the binary and deploy/).
 pub const SCHEMA: &str = include_str!("../../deploy/scylla/schema.cql");
@@ -194,6 +194,8 @@ struct Statements {
     delete_friend_request: PreparedStatement,
     select_friend_request: PreparedStatement,
     select_friend_requests_from: PreparedStatement,
+    insert_privacy_zones: PreparedStatement,
+    select_privacy_zones: PreparedStatement,
     insert_activity: PreparedStatement,
     insert_history: PreparedStatement,
     select_activity: PreparedStatement,
@@ -253,6 +255,14 @@ impl Statements {
             .await?,
             select_friend_requests_from: prepare(format!(
                 "SELECT to_id FROM {ks}.friend_requests WHERE from_id = ?"
+            ))
+            .await?,
+            insert_privacy_zones: prepare(format!(
+                "INSERT INTO {ks}.privacy_zones (user_id, zones) VALUES (?, ?)"
+            ))
+            .await?,
+            select_privacy_zones: prepare(format!(
+                "SELECT zones FROM {ks}.privacy_zones WHERE user_id = ?"
             ))
             .await?,
             insert_activity: prepare(format!(
@@ -529,6 +539,21 @@ impl UserStore for ScyllaStore {
             .first_rows(&self.q.select_friend_requests_from, (from,), usize::MAX)
             .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn privacy_zones(&self, user: Uuid) -> StoreResult<Vec<PrivacyZone>> {
+        let row: Option<(String,)> = self.one_row(&self.q.select_privacy_zones, (user,)).await?;
+        match row {
+            Some((zones,)) => serde_json::from_str(&zones).map_err(corrupt),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn set_privacy_zones(&self, user: Uuid, zones: &[PrivacyZone]) -> StoreResult<()> {
+        let zones = serde_json::to_string(zones).map_err(corrupt)?;
+        self.execute(&self.q.insert_privacy_zones, (user, zones))
+            .await
+            .map(|_| ())
     }
 }
 

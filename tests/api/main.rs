@@ -11,6 +11,7 @@ mod leaderboards;
 mod live;
 mod ops;
 mod points;
+mod privacy;
 mod redis;
 mod stats;
 mod storage;

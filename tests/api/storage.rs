@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde_json::json;
 use uuid::Uuid;
 
-use trailcast::domain::{Activity, ActivityType, Point, Visibility};
+use trailcast::domain::{Activity, ActivityType, Point, PrivacyZone, Visibility};
 use trailcast::store::embedded::EmbeddedStore;
 use trailcast::store::scylla::ScyllaStore;
 use trailcast::store::{HistoryKey, Persistence, Share, User, read_track};
@@ -128,6 +128,39 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
     );
     assert!(store.users.user(Uuid::now_v7()).await.unwrap().is_none());
     covered.push("users and tokens");
+
+    // Privacy zones: none until set, replaced as a whole, clearable.
+    assert!(store.users.privacy_zones(user.id).await.unwrap().is_empty());
+    let zones = [
+        PrivacyZone {
+            lat: 52.52,
+            lng: 13.405,
+            radius_m: 250.0,
+        },
+        PrivacyZone {
+            lat: -33.9,
+            lng: 151.2,
+            radius_m: 1_000.0,
+        },
+    ];
+    store
+        .users
+        .set_privacy_zones(user.id, &zones)
+        .await
+        .unwrap();
+    assert_eq!(store.users.privacy_zones(user.id).await.unwrap(), zones);
+    store
+        .users
+        .set_privacy_zones(user.id, &zones[1..])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.users.privacy_zones(user.id).await.unwrap(),
+        zones[1..]
+    );
+    store.users.set_privacy_zones(user.id, &[]).await.unwrap();
+    assert!(store.users.privacy_zones(user.id).await.unwrap().is_empty());
+    covered.push("privacy zones");
 
     // Friendship: both directions, then removal of both.
     let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());

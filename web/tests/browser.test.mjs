@@ -230,3 +230,48 @@ test('home, activity, sign-in and runner pages render', async () => {
     await browser.closeAndClean();
   }
 });
+
+test('runner page: the athlete sees who watches and removes one viewer', async () => {
+  const cid = await call('POST', '/v1/users', { body: { name: 'Cid' } });
+  await call('PUT', `/v1/friends/${cid.id}`, { token: ann.token });
+  await call('PUT', `/v1/friends/${ann.id}`, { token: cid.token });
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    await signInContext(browser, ann);
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.goto(`${server.base}/runner.html`);
+    await page.evaluate(() => window.__trailcastRunner.newSession());
+    await page.selectOption('#hide-ends', '200');
+    await page.click('#start');
+    await page.waitForFunction(() => window.__trailcastRunner.session()?.id);
+    const id = await page.evaluate(() => window.__trailcastRunner.session().id);
+    await page.evaluate(() => window.__trailcastRunner.flush());
+    const activity = await call('GET', `/v1/activities/${id}`, { token: ann.token });
+    assert.equal(activity.hide_ends_m, 200, 'the chosen hidden ends reach the server');
+
+    // Bob and Cid watch (polling); both show up by name.
+    for (const friend of [bob, cid]) {
+      await call('GET', `/v1/activities/${id}/live?lag=5`, { token: friend.token });
+    }
+    await page.evaluate(() => window.__trailcastRunner.refreshViewers());
+    await page.waitForSelector(`#viewers li[data-user="${bob.id}"]`);
+    await page.waitForSelector(`#viewers li[data-user="${cid.id}"]`);
+    assert.equal(await page.textContent('#viewer-count'), '2');
+    await page.screenshot({ path: path.join(artifacts, 'runner-viewers.png') });
+
+    await page.click(`#viewers li[data-user="${bob.id}"] button.remove`);
+    await page.waitForSelector(`#viewers li[data-user="${bob.id}"]`, { state: 'detached' });
+    await assert.rejects(
+      call('GET', `/v1/activities/${id}/live?lag=5`, { token: bob.token }),
+      /404/,
+      'the removed viewer no longer sees the activity',
+    );
+    await call('GET', `/v1/activities/${id}/live?lag=5`, { token: cid.token });
+    await page.evaluate(() => window.__trailcastRunner.newSession());
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});

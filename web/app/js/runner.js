@@ -12,6 +12,7 @@ import { api, token, fmtDistance, fmtDuration, el, renderHeader, registerService
 import * as outbox from './outbox.js';
 
 const FLUSH_MS = 3000;
+const VIEWERS_MS = 5000;
 const SESSION_KEY = 'trailcast.session';
 const $ = (id) => document.getElementById(id);
 
@@ -31,6 +32,7 @@ function render() {
   const canStart = !session || (st === 'COMPLETE' && !view.pending && !session.changes?.length);
   $('start').hidden = !canStart;
   $('type').disabled = !canStart;
+  $('hide-ends').disabled = !canStart;
   $('pause').hidden = st !== 'STARTED';
   $('resume').hidden = st !== 'PAUSED';
   $('finish').hidden = !(st === 'STARTED' || st === 'PAUSED');
@@ -47,6 +49,32 @@ function render() {
   $('recorded').textContent = view.recorded.length;
   $('pending').textContent = view.pending;
   document.body.dataset.state = st || 'IDLE';
+}
+
+/** The "Watching now" panel: friends by name (each removable), share links counted. */
+async function refreshViewers() {
+  const live = session && (session.state === 'STARTED' || session.state === 'PAUSED');
+  $('audience').hidden = !live;
+  if (!live || !navigator.onLine) return;
+  try {
+    const v = await api(`/v1/activities/${session.id}/viewers`);
+    $('viewer-count').textContent = v.total;
+    const items = v.users.map((u) => el('li', { 'data-user': u.id },
+      el('span', {}, u.name), ' ',
+      el('button', { class: 'remove', onclick: () => removeViewer(u) }, 'Remove')));
+    for (const s of v.shares) items.push(el('li', {}, `${s.viewers} via a share link`));
+    if (!items.length) items.push(el('li', { class: 'muted' }, 'Nobody yet.'));
+    $('viewers').replaceChildren(...items);
+  } catch (e) {
+    if (e.status === 404) $('audience').hidden = true;
+  }
+}
+
+async function removeViewer(user) {
+  try {
+    await api(`/v1/activities/${session.id}/viewers/${user.id}`, { method: 'DELETE' });
+    await refreshViewers();
+  } catch (e) { showError(e); }
 }
 
 function showError(e) { $('error').textContent = e ? (e.message || String(e)) : ''; }
@@ -142,6 +170,8 @@ $('start').addEventListener('click', async () => {
   try {
     const a = await api('/v1/activities', { method: 'POST', body: { type: $('type').value, started_at: Date.now() } });
     session = { id: a.id, state: 'STARTED', changes: [], stats: a.stats };
+    const hideEnds = Number($('hide-ends').value);
+    if (hideEnds) session.changes.push({ hide_ends_m: hideEnds });
     view.recorded = [];
     save();
     render();
@@ -155,6 +185,7 @@ $('finish').addEventListener('click', () => changeState('COMPLETE'));
 window.addEventListener('online', () => { render(); flush(); });
 window.addEventListener('offline', render);
 setInterval(flush, FLUSH_MS);
+setInterval(refreshViewers, VIEWERS_MS);
 
 renderHeader();
 registerServiceWorker();
@@ -164,5 +195,6 @@ if (session) {
   renderStats();
   refreshPending();
   flush();
+  refreshViewers();
 }
-window.__trailcastRunner = { flush, session: () => session, newSession: () => { session = null; save(); render(); } };
+window.__trailcastRunner = { flush, refreshViewers, session: () => session, newSession: () => { session = null; save(); render(); } };

@@ -20,6 +20,7 @@
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod formats;
 pub mod http;
 pub mod ingest;
 pub mod live;

@@ -99,7 +99,8 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
         let store = Persistence {
             users: db.clone(),
             activities: db.clone(),
-            points: db,
+            points: db.clone(),
+            fields: db,
         };
         return Ok((store, None));
     }
@@ -111,6 +112,7 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
         users: Arc::new(embedded.clone()),
         activities: Arc::new(embedded.clone()),
         points: Arc::new(embedded.clone()),
+        fields: Arc::new(embedded.clone()),
     };
     Ok((store, Some(embedded)))
 }

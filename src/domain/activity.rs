@@ -5,6 +5,8 @@
 //! client's `at` for offline use, otherwise the server's clock), so elapsed
 //! and moving time are derived from the log, never stored twice.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -112,6 +114,10 @@ pub struct Activity {
     /// as if it did not exist, whatever its visibility.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_viewers: Vec<Uuid>,
+    /// Named numbers (`fields`): the athlete's own and, once complete, the
+    /// computed ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +165,7 @@ impl Activity {
             leaderboard_m: 0.0,
             hide_ends_m: 0,
             blocked_viewers: Vec::new(),
+            fields: BTreeMap::new(),
         }
     }
 

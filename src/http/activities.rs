@@ -18,6 +18,7 @@ use crate::domain::point::MAX_FUTURE_SKEW_MS;
 use crate::domain::privacy::MAX_HIDE_ENDS_M;
 use crate::domain::time::{Millis, deserialize_opt_ms, to_rfc3339};
 use crate::domain::{Activity, ActivityState, ActivityType, Point, Visibility};
+use crate::formats;
 use crate::store::{HistoryKey, read_track};
 
 /// How far back a client may date an activity it recorded offline.
@@ -110,6 +111,7 @@ async fn change_state(
                 .amend(me.id, id, |a| {
                     a.visibility = body.visibility.unwrap_or(a.visibility);
                     a.hide_ends_m = body.hide_ends_m.unwrap_or(a.hide_ends_m);
+                    Ok(())
                 })
                 .await?,
         );
@@ -137,6 +139,7 @@ enum RouteFormat {
     Json,
     Geojson,
     Gpx,
+    Tcx,
 }
 
 #[derive(Deserialize)]
@@ -166,18 +169,35 @@ async fn get_route(
             Json(geojson(&track)),
         )
             .into_response()),
-        RouteFormat::Gpx => Ok((
-            [
-                (header::CONTENT_TYPE, "application/gpx+xml".to_string()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{id}.gpx\""),
-                ),
-            ],
-            gpx(&snapshot.activity, &track),
-        )
-            .into_response()),
+        RouteFormat::Gpx => Ok(download(
+            "application/gpx+xml",
+            format!("{id}.gpx"),
+            formats::gpx::write(&snapshot.activity, &track),
+        )),
+        RouteFormat::Tcx => Ok(download(
+            "application/vnd.garmin.tcx+xml",
+            format!("{id}.tcx"),
+            formats::tcx::write(
+                &snapshot.activity,
+                &track,
+                &snapshot.stats(ctx.clock.now_ms()),
+            ),
+        )),
     }
+}
+
+fn download(content_type: &'static str, file_name: String, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn geojson(track: &[Point]) -> Value {
@@ -194,34 +214,6 @@ fn geojson(track: &[Point]) -> Value {
         "geometry": {"type": "LineString", "coordinates": coordinates},
         "properties": {"coordTimes": times},
     })
-}
-
-/// GPX 1.1, written directly: a track is a few lines of XML and no field we
-/// emit needs escaping beyond the activity type.
-fn gpx(activity: &Activity, track: &[Point]) -> String {
-    let kind = serde_json::to_value(activity.activity_type)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_lowercase))
-        .unwrap_or_default();
-    let mut out = String::with_capacity(200 + track.len() * 120);
-    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str(
-        "<gpx version=\"1.1\" creator=\"trailcast\" xmlns=\"http://www.topografix.com/GPX/1/1\">\n",
-    );
-    out.push_str(&format!(
-        "<metadata><time>{}</time></metadata>\n<trk><name>{}</name><type>{kind}</type><trkseg>\n",
-        to_rfc3339(activity.started_at),
-        activity.id
-    ));
-    for p in track {
-        out.push_str(&format!("<trkpt lat=\"{}\" lon=\"{}\">", p.lat, p.lng));
-        if let Some(alt) = p.alt {
-            out.push_str(&format!("<ele>{alt}</ele>"));
-        }
-        out.push_str(&format!("<time>{}</time></trkpt>\n", to_rfc3339(p.ts)));
-    }
-    out.push_str("</trkseg></trk>\n</gpx>\n");
-    out
 }
 
 /// Whose history: the caller's own, or their friends' (merged).

@@ -26,6 +26,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    #[error("the request body is larger than this endpoint takes ({0} bytes)")]
+    PayloadTooLarge(usize),
     #[error("too many requests for this token; retry later")]
     RateLimited { retry_after_s: u32 },
     #[error("server is busy; retry later")]
@@ -51,6 +53,7 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "illegal_state_change"),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -115,6 +118,13 @@ impl From<IngestError> for ApiError {
             IngestError::Transition(e) => ApiError::invalid("invalid_at", e.to_string()),
             IngestError::QueueFull(_) => ApiError::Overloaded { retry_after_s: 1 },
             IngestError::Store(e) => e.into(),
+            IngestError::Fields(e) => {
+                let code = match e {
+                    crate::domain::fields::FieldsError::TooMany => "too_many_fields",
+                    _ => "invalid_field",
+                };
+                ApiError::invalid(code, e.to_string())
+            }
         }
     }
 }

@@ -10,7 +10,9 @@ mod access;
 mod activities;
 mod auth;
 mod error;
+mod fields;
 mod friends;
+mod import;
 mod leaderboards;
 mod live;
 mod ops;
@@ -79,6 +81,8 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(live::router())
         .merge(shares::router())
         .merge(privacy::router())
+        .merge(fields::router())
+        .merge(import::router())
         .merge(leaderboards::router())
         .route_layer(middleware::from_fn(record_metrics))
         .merge(ops::router())

@@ -273,6 +273,7 @@ async fn remove(
             if !a.blocked_viewers.contains(&user) {
                 a.blocked_viewers.push(user);
             }
+            Ok(())
         })
         .await?;
     ctx.rules.forget(id);
@@ -286,7 +287,10 @@ async fn readmit(
     Path((id, user)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<Value>, ApiError> {
     ctx.tracker
-        .amend(me.id, id, |a| a.blocked_viewers.retain(|u| *u != user))
+        .amend(me.id, id, |a| {
+            a.blocked_viewers.retain(|u| *u != user);
+            Ok(())
+        })
         .await?;
     ctx.rules.forget(id);
     Ok(Json(json!({"status": "admitted"})))

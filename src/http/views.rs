@@ -2,6 +2,8 @@
 //! Activity, history pages, the points reply), as typed structs: what a
 //! client may rely on is visible in one place and checked by the compiler.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -28,6 +30,8 @@ pub struct ActivityView {
     pub events: Vec<Event>,
     pub stats: Stats,
     pub splits: Vec<Split>,
+    /// Named numbers: the athlete's own and, once complete, the computed.
+    pub fields: BTreeMap<String, f64>,
 }
 
 impl ActivityView {
@@ -46,6 +50,7 @@ impl ActivityView {
             events: a.events.clone(),
             stats: s.stats(now),
             splits: s.track.splits.clone(),
+            fields: a.fields.clone(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub use hot::IDLE_EVICT_MS;
 
 use crate::clock::Clock;
 use crate::domain::activity::Transition;
+use crate::domain::fields::{self, FieldsError};
 use crate::domain::time::Millis;
 use crate::domain::{
     Activity, ActivityState, Fix, Point, RejectCode, Stats, TrackAccumulator, TrackSummary,
@@ -35,7 +36,7 @@ use crate::domain::{
 };
 use crate::store::leaderboard::Leaderboard;
 use crate::store::registry::{LiveRegistry, REMARK_EVERY_MS};
-use crate::store::{Persistence, RecentItem, RecentStore, StoreError, read_track};
+use crate::store::{HistoryKey, Persistence, RecentItem, RecentStore, StoreError, read_track};
 use batcher::{QueueFull, WriteBehind};
 use hot::{Hot, HotActivities};
 use outbox::Outbox;
@@ -51,6 +52,8 @@ pub enum IngestError {
     QueueFull(#[from] QueueFull),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Fields(#[from] FieldsError),
 }
 
 /// An activity with its track summary as of now.
@@ -212,11 +215,27 @@ impl Tracker {
         }
         let acc = if to == ActivityState::Complete {
             let track = read_track(self.store.points.as_ref(), id).await?;
-            TrackAccumulator::from_track(&next, &track)
+            let acc = TrackAccumulator::from_track(&next, &track);
+            next.track = acc.summary();
+            next.fields.extend(fields::computed(&next, &track, now));
+            acc
         } else {
             hot.acc.clone()
         };
         next.track = acc.summary();
+        // The field series are an index of the record: written first, so a
+        // failure fails the change and the client's retry writes both.
+        match to {
+            ActivityState::Complete => self.index_fields(&next).await?,
+            ActivityState::Discarded => {
+                let names: Vec<String> = next.fields.keys().cloned().collect();
+                self.store
+                    .fields
+                    .delete_fields(next.athlete_id, HistoryKey::of(&next), &names)
+                    .await?;
+            }
+            _ => {}
+        }
         self.outbox.count_on_leaderboards(&mut next).await;
         self.store.activities.put_activity(&next).await?;
         hot.activity = next;
@@ -244,18 +263,81 @@ impl Tracker {
         &self,
         owner: Uuid,
         id: Uuid,
-        change: impl FnOnce(&mut Activity),
+        change: impl FnOnce(&mut Activity) -> Result<(), IngestError>,
     ) -> Result<ActivitySnapshot, IngestError> {
         let mut hot = self.lock_owned(owner, id).await?;
         let now = self.clock.now_ms();
         self.hot.resync(&mut hot, now).await?;
         let mut next = hot.activity.clone();
-        change(&mut next);
+        change(&mut next)?;
+        let old = &hot.activity.fields;
+        let gone: Vec<String> = old
+            .keys()
+            .filter(|name| !next.fields.contains_key(*name))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            self.store
+                .fields
+                .delete_fields(next.athlete_id, HistoryKey::of(&next), &gone)
+                .await?;
+        }
+        if next.visibility != hot.activity.visibility || next.fields != *old {
+            self.index_fields(&next).await?;
+        }
         self.store.activities.put_activity(&next).await?;
         hot.activity = next;
         hot.touched = now;
         hot.synced = now;
         Ok(hot.snapshot())
+    }
+
+    /// Stores a finished activity read from a file: its points first, in
+    /// groups, then the record, so that a record exists only with its whole
+    /// track and a retried import completes one that was cut short.
+    pub async fn import(
+        &self,
+        mut activity: Activity,
+        points: Vec<Point>,
+    ) -> Result<ActivitySnapshot, IngestError> {
+        for chunk in points.chunks(crate::store::ROUTE_PAGE) {
+            let group: Vec<(Uuid, Point)> = chunk.iter().map(|p| (activity.id, *p)).collect();
+            self.store.points.append_points(Arc::new(group)).await?;
+        }
+        let now = self.clock.now_ms();
+        activity.track = TrackAccumulator::from_track(&activity, &points).summary();
+        activity
+            .fields
+            .extend(fields::computed(&activity, &points, now));
+        self.index_fields(&activity).await?;
+        self.outbox.count_on_leaderboards(&mut activity).await;
+        self.store.activities.put_activity(&activity).await?;
+        Ok(ActivitySnapshot {
+            track: activity.track.clone(),
+            activity,
+        })
+    }
+
+    /// Writes the activity's fields to the per-athlete series (with its
+    /// visibility); a discarded activity has none there.
+    async fn index_fields(&self, activity: &Activity) -> Result<(), StoreError> {
+        if activity.fields.is_empty() || activity.state == ActivityState::Discarded {
+            return Ok(());
+        }
+        let values: Vec<(String, f64)> = activity
+            .fields
+            .iter()
+            .map(|(name, value)| (name.clone(), *value))
+            .collect();
+        self.store
+            .fields
+            .put_fields(
+                activity.athlete_id,
+                HistoryKey::of(activity),
+                activity.visibility,
+                &values,
+            )
+            .await
     }
 
     /// Validates, de-duplicates and durably stores the fixes the athlete

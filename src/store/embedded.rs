@@ -15,6 +15,7 @@
 //! | `shares` | share_id | JSON `Share` |
 //! | `share_tokens` | sha256(token) | share_id |
 //! | `privacy_zones` | user_id | JSON `[PrivacyZone]` |
+//! | `activity_fields` | athlete_id ‖ len(field) ‖ field ‖ !started_at ‖ !activity_id | f64 (8 bytes, big-endian) ‖ visibility (1 byte) |
 //!
 //! `activities_by_athlete` stores the bitwise complement of the clustering
 //! columns so that an ascending scan is newest first (Scylla's `DESC`).
@@ -33,11 +34,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, BoxError, HistoryKey, PointStore, RouteCursor, Share, StoreError, StoreResult,
-    User, UserStore,
+    ActivityStore, BoxError, FieldStore, FieldValue, HistoryKey, PointStore, RouteCursor, Share,
+    StoreError, StoreResult, User, UserStore,
 };
 use crate::domain::time::Millis;
-use crate::domain::{Activity, Point, PrivacyZone};
+use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -51,6 +52,7 @@ pub struct EmbeddedStore {
     shares: Keyspace,
     share_tokens: Keyspace,
     privacy_zones: Keyspace,
+    fields: Keyspace,
 }
 
 impl From<fjall::Error> for StoreError {
@@ -81,6 +83,41 @@ fn history_key(athlete: Uuid, at: HistoryKey) -> [u8; 40] {
     key[16..24].copy_from_slice(&ts_key(at.started_at).map(|b| !b));
     key[24..].copy_from_slice(&at.activity_id.as_bytes().map(|b| !b));
     key
+}
+
+/// The partition of one athlete's field: athlete ‖ len ‖ name.
+fn field_prefix(athlete: Uuid, field: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17 + field.len() + 24);
+    key.extend_from_slice(athlete.as_bytes());
+    key.push(field.len() as u8);
+    key.extend_from_slice(field.as_bytes());
+    key
+}
+
+/// A field value's key: its partition, then newest start first (the
+/// complemented clustering columns, as in `history_key`).
+fn field_key(athlete: Uuid, field: &str, at: HistoryKey) -> Vec<u8> {
+    let mut key = field_prefix(athlete, field);
+    key.extend_from_slice(&ts_key(at.started_at).map(|b| !b));
+    key.extend_from_slice(&at.activity_id.as_bytes().map(|b| !b));
+    key
+}
+
+fn visibility_byte(v: Visibility) -> u8 {
+    match v {
+        Visibility::Private => 0,
+        Visibility::Friends => 1,
+        Visibility::Public => 2,
+    }
+}
+
+fn visibility_of(b: u8) -> Option<Visibility> {
+    match b {
+        0 => Some(Visibility::Private),
+        1 => Some(Visibility::Friends),
+        2 => Some(Visibility::Public),
+        _ => None,
+    }
 }
 
 fn pair(a: Uuid, b: Uuid) -> [u8; 32] {
@@ -150,6 +187,7 @@ impl EmbeddedStore {
             shares: ks("shares")?,
             share_tokens: ks("share_tokens")?,
             privacy_zones: ks("privacy_zones")?,
+            fields: ks("activity_fields")?,
             db,
         })
     }
@@ -411,6 +449,107 @@ impl PointStore for EmbeddedStore {
 }
 
 const ROUTE_PREALLOC: usize = 1024;
+
+#[async_trait]
+impl FieldStore for EmbeddedStore {
+    async fn put_fields(
+        &self,
+        athlete: Uuid,
+        activity: HistoryKey,
+        visibility: Visibility,
+        values: &[(String, f64)],
+    ) -> StoreResult<()> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = values
+            .iter()
+            .map(|(name, v)| {
+                let mut value = v.to_be_bytes().to_vec();
+                value.push(visibility_byte(visibility));
+                (field_key(athlete, name, activity), value)
+            })
+            .collect();
+        let this = self.clone();
+        blocking(move || {
+            let mut batch = this.db.batch();
+            for (key, value) in rows {
+                batch.insert(&this.fields, key, value);
+            }
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn delete_fields(
+        &self,
+        athlete: Uuid,
+        activity: HistoryKey,
+        names: &[String],
+    ) -> StoreResult<()> {
+        let keys: Vec<Vec<u8>> = names
+            .iter()
+            .map(|name| field_key(athlete, name, activity))
+            .collect();
+        let this = self.clone();
+        blocking(move || {
+            let mut batch = this.db.batch();
+            for key in keys {
+                batch.remove(&this.fields, key);
+            }
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn field_series(
+        &self,
+        athlete: Uuid,
+        field: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<FieldValue>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let prefix = field_prefix(athlete, field);
+        // Newest first: the first key is the latest start before `to`, the
+        // last the earliest at or after `from`.
+        let mut start = prefix.clone();
+        start.extend_from_slice(&ts_key(to - 1).map(|b| !b));
+        let mut end = prefix.clone();
+        end.extend_from_slice(&ts_key(from).map(|b| !b));
+        end.extend_from_slice(&[0xff; 16]);
+        let this = self.clone();
+        blocking(move || {
+            let mut out = Vec::with_capacity(limit.min(1_000));
+            for kv in this.fields.range(start..=end).take(limit) {
+                let (key, value) = kv.into_inner()?;
+                let at = &key[prefix.len()..];
+                let ts: [u8; 8] = at[..8].try_into().map_err(corrupt)?;
+                let id: [u8; 16] = at[8..24].try_into().map_err(corrupt)?;
+                let started_at =
+                    ts_from_key(&ts.map(|b| !b)).ok_or_else(|| corrupt("field key"))?;
+                let number: [u8; 8] = value
+                    .get(..8)
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| corrupt("field value"))?;
+                let visibility = value
+                    .get(8)
+                    .and_then(|b| visibility_of(*b))
+                    .ok_or_else(|| corrupt("field visibility"))?;
+                out.push(FieldValue {
+                    activity_id: Uuid::from_bytes(id.map(|b| !b)),
+                    started_at,
+                    value: f64::from_be_bytes(number),
+                    visibility,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
 
 #[cfg(test)]
 mod tests {

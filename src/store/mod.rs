@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::time::{Millis, deserialize_ms, serialize_ms};
-use crate::domain::{Activity, Point, PrivacyZone};
+use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
 pub use recent::{RecentEntry, RecentItem, RecentStore, StreamCursor};
 
@@ -227,12 +227,54 @@ pub async fn read_track(points: &dyn PointStore, activity: Uuid) -> StoreResult<
     }
 }
 
+/// One value of a field time series: which activity, when it started, and
+/// who may see it (the activity's visibility, kept with the value so that a
+/// series is read without reading every activity).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldValue {
+    pub activity_id: Uuid,
+    pub started_at: Millis,
+    pub value: f64,
+    pub visibility: Visibility,
+}
+
+/// Activity fields read as time series per athlete and field (`fields`).
+#[async_trait]
+pub trait FieldStore: Send + Sync + 'static {
+    /// Writes (or overwrites) the activity's values of these fields.
+    async fn put_fields(
+        &self,
+        athlete: Uuid,
+        activity: HistoryKey,
+        visibility: Visibility,
+        values: &[(String, f64)],
+    ) -> StoreResult<()>;
+    /// Removes the activity's values of these fields.
+    async fn delete_fields(
+        &self,
+        athlete: Uuid,
+        activity: HistoryKey,
+        names: &[String],
+    ) -> StoreResult<()>;
+    /// Up to `limit` values of one field with `from <= started_at < to`,
+    /// newest start first.
+    async fn field_series(
+        &self,
+        athlete: Uuid,
+        field: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<FieldValue>>;
+}
+
 /// The persistence backends the server runs on.
 #[derive(Clone)]
 pub struct Persistence {
     pub users: Arc<dyn UserStore>,
     pub activities: Arc<dyn ActivityStore>,
     pub points: Arc<dyn PointStore>,
+    pub fields: Arc<dyn FieldStore>,
 }
 
 impl Persistence {

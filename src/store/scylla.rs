@@ -48,12 +48,12 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, BoxError, HistoryKey, PointStore, RouteCursor, Share, StoreError, StoreResult,
-    User, UserStore,
+    ActivityStore, BoxError, FieldStore, FieldValue, HistoryKey, PointStore, RouteCursor, Share,
+    StoreError, StoreResult, User, UserStore,
 };
 use crate::config::ScyllaArgs;
 use crate::domain::time::Millis;
-use crate::domain::{Activity, Point, PrivacyZone};
+use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
 /// The schema, as shipped in deploy/ (one copy for the binary and deploy/).
 pub const SCHEMA: &str = include_str!("../../deploy/scylla/schema.cql");
@@ -195,6 +195,10 @@ struct Statements {
     select_friend_request: PreparedStatement,
     select_friend_requests_from: PreparedStatement,
     insert_privacy_zones: PreparedStatement,
+    insert_field: PreparedStatement,
+    delete_field: PreparedStatement,
+    select_field_series: PreparedStatement,
+    select_field_range: PreparedStatement,
     select_privacy_zones: PreparedStatement,
     insert_activity: PreparedStatement,
     insert_history: PreparedStatement,
@@ -263,6 +267,31 @@ impl Statements {
             .await?,
             select_privacy_zones: prepare(format!(
                 "SELECT zones FROM {ks}.privacy_zones WHERE user_id = ?"
+            ))
+            .await?,
+            insert_field: prepare(format!(
+                "INSERT INTO {ks}.field_series \
+                 (athlete_id, field, started_at, activity_id, value, visibility) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            delete_field: prepare(format!(
+                "DELETE FROM {ks}.field_series WHERE athlete_id = ? AND field = ? \
+                 AND started_at = ? AND activity_id = ?"
+            ))
+            .await?,
+            select_field_series: prepare(format!(
+                "SELECT started_at, activity_id, value, visibility FROM {ks}.field_series \
+                 WHERE athlete_id = ? AND field = ?"
+            ))
+            .await?,
+            // The in-memory CQL test server cannot parse a clustering
+            // range: it prepares this with two bind markers, so the call
+            // fails loudly there. The storage contract lists it as
+            // uncovered on that server.
+            select_field_range: prepare(format!(
+                "SELECT started_at, activity_id, value, visibility FROM {ks}.field_series \
+                 WHERE athlete_id = ? AND field = ? AND started_at >= ? AND started_at < ?"
             ))
             .await?,
             insert_activity: prepare(format!(
@@ -762,6 +791,102 @@ impl PointStore for ScyllaStore {
             PagingStateResponse::NoMorePages => None,
         };
         Ok((out, next))
+    }
+}
+
+/// The latest time the API accepts (`TsInput`: year 9999).
+const MAX_TIME: Millis = 253_402_300_800_000;
+
+fn visibility_name(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Private => "private",
+        Visibility::Friends => "friends",
+        Visibility::Public => "public",
+    }
+}
+
+fn visibility_from(name: &str) -> StoreResult<Visibility> {
+    match name {
+        "private" => Ok(Visibility::Private),
+        "friends" => Ok(Visibility::Friends),
+        "public" => Ok(Visibility::Public),
+        other => Err(corrupt(format!("visibility {other}"))),
+    }
+}
+
+/// Each field is its own partition: the values of one activity are written
+/// side by side (bounded by the in-flight permits), not as a batch.
+#[async_trait]
+impl FieldStore for ScyllaStore {
+    async fn put_fields(
+        &self,
+        athlete: Uuid,
+        activity: HistoryKey,
+        visibility: Visibility,
+        values: &[(String, f64)],
+    ) -> StoreResult<()> {
+        let started = CqlTimestamp(activity.started_at);
+        let vis = visibility_name(visibility);
+        futures_util::future::try_join_all(values.iter().map(|(name, value)| {
+            self.execute(
+                &self.q.insert_field,
+                (athlete, name, started, activity.activity_id, *value, vis),
+            )
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_fields(
+        &self,
+        athlete: Uuid,
+        activity: HistoryKey,
+        names: &[String],
+    ) -> StoreResult<()> {
+        let started = CqlTimestamp(activity.started_at);
+        futures_util::future::try_join_all(names.iter().map(|name| {
+            self.execute(
+                &self.q.delete_field,
+                (athlete, name, started, activity.activity_id),
+            )
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    async fn field_series(
+        &self,
+        athlete: Uuid,
+        field: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<FieldValue>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // The whole series (the common read) needs no range.
+        let rows: Vec<(CqlTimestamp, Uuid, f64, String)> = if from <= 0 && to >= MAX_TIME {
+            self.first_rows(&self.q.select_field_series, (athlete, field), limit)
+                .await?
+        } else {
+            self.first_rows(
+                &self.q.select_field_range,
+                (athlete, field, CqlTimestamp(from), CqlTimestamp(to)),
+                limit,
+            )
+            .await?
+        };
+        rows.into_iter()
+            .map(|(started, activity_id, value, vis)| {
+                Ok(FieldValue {
+                    activity_id,
+                    started_at: started.0,
+                    value,
+                    visibility: visibility_from(&vis)?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@ mod activities;
 mod cluster;
 mod durability;
 mod errors;
+mod fields;
 mod helpers;
 mod history;
 mod leaderboards;

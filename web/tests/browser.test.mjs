@@ -275,3 +275,39 @@ test('runner page: the athlete sees who watches and removes one viewer', async (
     await browser.closeAndClean();
   }
 });
+
+test('home page: a GPX file is imported with a progress bar and listed', async () => {
+  const dan = await call('POST', '/v1/users', { body: { name: 'Dan' } });
+  const t0 = Date.now() - 3 * 86400000;
+  const points = Array.from({ length: 300 }, (_, i) =>
+    `<trkpt lat="${52.5 + i * 3e-5}" lon="13.4"><ele>${30 + i % 7}</ele><time>${new Date(t0 + i * 1000).toISOString()}</time></trkpt>`);
+  const gpx = `<?xml version="1.0"?>\n<gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1"><trk><type>running</type><trkseg>\n${points.join('\n')}\n</trkseg></trk></gpx>\n`;
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    await signInContext(browser, dan);
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.goto(`${server.base}/`);
+    await page.waitForSelector('#signed-in:not([hidden])');
+    await page.setInputFiles('#import input[type=file]', { name: 'run.gpx', mimeType: 'application/gpx+xml', buffer: Buffer.from(gpx) });
+    await page.click('#import button');
+    await page.waitForFunction(() => /Imported 1 activity \(300 points/.test(document.getElementById('import-status').textContent));
+    assert.match(await page.textContent('#mine li:first-child a'), /^RUN ·/);
+    assert.equal(await page.isHidden('#import-progress'), true);
+    // Again: recognised, not duplicated.
+    await page.click('#import button');
+    await page.waitForFunction(() => /imported before/.test(document.getElementById('import-status').textContent));
+    const mine = await call('GET', '/v1/activities', { token: dan.token });
+    assert.equal(mine.items.length, 1);
+    assert.equal(await page.locator('#mine li').count(), 1, 'listed once');
+    // A broken file: a sentence, with the line.
+    await page.setInputFiles('#import input[type=file]', { name: 'bad.gpx', mimeType: 'application/gpx+xml', buffer: Buffer.from('<gpx>\n<trk>\n</gpx>') });
+    await page.click('#import button');
+    await page.waitForFunction(() => /could not be imported: line 3/.test(document.getElementById('import-status').textContent));
+    await page.screenshot({ path: path.join(artifacts, 'import.png') });
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});

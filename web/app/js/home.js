@@ -70,6 +70,54 @@ $('signin').addEventListener('submit', async (ev) => {
   try { await signIn(new FormData(ev.target).get('token')); location.reload(); } catch (e) { showError(e.status === 401 ? new Error('That token is not valid.') : e); }
 });
 
+/**
+ * Uploads a GPX or TCX file with XMLHttpRequest (fetch cannot report upload
+ * progress) and lists the activities it made.
+ */
+function importFile(file) {
+  const bar = $('import-progress'), status = $('import-status');
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', '/v1/activities/import');
+    xhr.setRequestHeader('authorization', `Bearer ${token()}`);
+    xhr.setRequestHeader('content-type', file.name.toLowerCase().endsWith('.tcx') ? 'application/vnd.garmin.tcx+xml' : 'application/gpx+xml');
+    bar.hidden = false;
+    bar.value = 0;
+    status.textContent = 'Uploading…';
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = Math.round((e.loaded / e.total) * 100); };
+    xhr.upload.onload = () => { bar.value = 100; status.textContent = 'Reading the file…'; };
+    xhr.onerror = () => { bar.hidden = true; status.textContent = 'The upload failed; check the connection and try again.'; resolve(); };
+    xhr.onload = () => {
+      bar.hidden = true;
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      if (xhr.status === 201 || xhr.status === 200) {
+        const n = body.activities.length;
+        status.textContent = xhr.status === 201
+          ? `Imported ${n} ${n === 1 ? 'activity' : 'activities'} (${body.points} points${body.rejected ? `, ${body.rejected} skipped` : ''}).`
+          : 'This file was imported before.';
+        const list = $('mine');
+        list.querySelector('li.muted')?.remove();
+        const listed = new Set([...list.querySelectorAll('a[href^="/activity.html?id="]')].map((l) => l.getAttribute('href').slice(17)));
+        for (const a of body.activities) if (!listed.has(a.id)) list.prepend(activityItem(a));
+      } else if (xhr.status === 413) {
+        status.textContent = 'That file is too large (25 MB at most).';
+      } else {
+        status.textContent = `That file could not be imported: ${body?.error?.message || xhr.statusText}`;
+      }
+      resolve();
+    };
+    xhr.send(file);
+  });
+}
+
+$('import').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const file = ev.target.elements.file.files[0];
+  if (!file) { $('import-status').textContent = 'Choose a file first.'; return; }
+  await importFile(file);
+});
+
 $('sign-out').addEventListener('click', () => { signOut(); location.reload(); });
 
 $('add-friend').addEventListener('submit', async (ev) => {

@@ -98,7 +98,7 @@ function importFile(file) {
           : 'This file was imported before.';
         const list = $('mine');
         list.querySelector('li.muted')?.remove();
-        const listed = new Set([...list.querySelectorAll('a[href^="/activity.html?id="]')].map((l) => l.getAttribute('href').slice(17)));
+        const listed = new Set([...list.querySelectorAll('a[href^="/activity.html?id="]')].map((l) => new URL(l.href).searchParams.get('id')));
         for (const a of body.activities) if (!listed.has(a.id)) list.prepend(activityItem(a));
       } else if (xhr.status === 413) {
         status.textContent = 'That file is too large (25 MB at most).';

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP server.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Create or upgrade the ScyllaDB schema (deploy/scylla/schema.cql).
     Migrate(MigrateArgs),
 }
@@ -85,6 +85,9 @@ pub struct Config {
     /// Directory of the embedded store.
     #[arg(long, env = "TRAILCAST_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// More course catalogue files (`*.json`), besides the shipped ones.
+    #[arg(long, env = "TRAILCAST_COURSES_DIR")]
+    pub courses_dir: Option<PathBuf>,
     /// Redis for recent positions; unset keeps them in process.
     #[arg(long, env = "TRAILCAST_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -122,7 +125,7 @@ impl Config {
     /// The defaults, as `trailcast serve` with no flags would use them.
     pub fn defaults() -> Config {
         match Cli::parse_from(["trailcast", "serve"]).command {
-            Command::Serve(config) => config,
+            Command::Serve(config) => *config,
             Command::Migrate(_) => unreachable!("parsed `serve`"),
         }
     }

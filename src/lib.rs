@@ -17,6 +17,7 @@
 //!
 //! Only then are the backends closed (the embedded store's journal synced).
 
+pub mod catalogue;
 pub mod clock;
 pub mod config;
 pub mod domain;
@@ -57,6 +58,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let clock = config.clock;
+    let catalogue = catalogue::Catalogue::load(config.courses_dir.as_deref())
+        .context("loading the course catalogue")?;
+    tracing::info!(courses = catalogue.len(), "course catalogue loaded");
     let backends = Backends::open(&config, clock).await?;
 
     // Two signals: `closing` fires when shutdown starts (WebSockets, feeds
@@ -104,6 +108,7 @@ pub async fn run(
         registry: backends.registry.clone(),
         audience: backends.audience.clone(),
         rules,
+        courses: Arc::new(http::courses::Courses::new(catalogue)),
         shutdown: closing_rx,
     };
     let app = http::router(ctx);

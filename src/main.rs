@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = TcpListener::bind(config.listen).await?;
             // One plain line on stdout that scripts (and tests) can read.
             println!("trailcast listening on http://{}", listener.local_addr()?);
-            trailcast::run(config, listener, shutdown_signal()).await
+            trailcast::run(*config, listener, shutdown_signal()).await
         }
         Command::Migrate(args) => {
             use trailcast::store::scylla;

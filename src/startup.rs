@@ -100,7 +100,8 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
             users: db.clone(),
             activities: db.clone(),
             points: db.clone(),
-            fields: db,
+            fields: db.clone(),
+            courses: db,
         };
         return Ok((store, None));
     }
@@ -113,6 +114,7 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
         activities: Arc::new(embedded.clone()),
         points: Arc::new(embedded.clone()),
         fields: Arc::new(embedded.clone()),
+        courses: Arc::new(embedded.clone()),
     };
     Ok((store, Some(embedded)))
 }

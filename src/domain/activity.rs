@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::course::Plan;
 use super::point::{MAX_FUTURE_SKEW_MS, PointWindow};
 use super::summary::{Stats, TrackSummary, round_to};
 use super::time::{Millis, deserialize_ms, deserialize_opt_ms, serialize_ms, serialize_opt_ms};
@@ -118,6 +119,9 @@ pub struct Activity {
     /// computed ones.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, f64>,
+    /// The steps of the course it was started on, as they were then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +170,7 @@ impl Activity {
             hide_ends_m: 0,
             blocked_viewers: Vec::new(),
             fields: BTreeMap::new(),
+            plan: None,
         }
     }
 
@@ -259,6 +264,13 @@ impl Stats {
             elevation_gain_m: round_to(track.elevation_gain_m, 1),
             calories_kcal: round_to(km * DEFAULT_MASS_KG * kcal_per_kg_km, 0),
             points: track.points,
+            step: activity.plan.as_ref().and_then(|plan| {
+                let progress = track.course.clone().unwrap_or_default();
+                match activity.is_live() {
+                    true => progress.status(&plan.steps, moving_s * 1000.0, track.distance_m),
+                    false => None,
+                }
+            }),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! edge; code behind the edge never re-checks ranges or transitions.
 
 pub mod activity;
+pub mod course;
 pub mod fields;
 pub mod fix;
 pub mod point;

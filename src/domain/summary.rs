@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::course::{CourseProgress, StepStatus};
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Split {
     /// 1-based index of the kilometre.
@@ -21,6 +23,9 @@ pub struct TrackSummary {
     pub elevation_gain_m: f64,
     pub points: u64,
     pub splits: Vec<Split>,
+    /// The fold over the plan's steps, for an activity on a course.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub course: Option<CourseProgress>,
 }
 
 /// The statistics every API reply carries.
@@ -34,6 +39,9 @@ pub struct Stats {
     pub elevation_gain_m: f64,
     pub calories_kcal: f64,
     pub points: u64,
+    /// The current step of the activity's plan, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepStatus>,
 }
 
 pub(crate) fn round_to(v: f64, decimals: i32) -> f64 {

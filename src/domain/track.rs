@@ -143,16 +143,29 @@ impl TrackAccumulator {
         }
         self.jump_streak = 0;
         self.climb(p.alt);
-        if d < MIN_MOVE_M {
-            return;
+        if d >= MIN_MOVE_M {
+            let moving_ms = activity.moving_ms_between(anchor.ts, p.ts) as f64;
+            self.advance(d, moving_ms);
+            self.anchor = Some(Anchor {
+                ts: p.ts,
+                lat: p.lat,
+                lng: p.lng,
+            });
         }
-        let moving_ms = activity.moving_ms_between(anchor.ts, p.ts) as f64;
-        self.advance(d, moving_ms);
-        self.anchor = Some(Anchor {
-            ts: p.ts,
-            lat: p.lat,
-            lng: p.lng,
-        });
+        self.coach(activity, p.ts);
+    }
+
+    /// Moves the plan's fold to this fix (time passes while standing still
+    /// too, so this runs for every kept fix).
+    fn coach(&mut self, activity: &Activity, ts: Millis) {
+        if let Some(plan) = &activity.plan {
+            let moving_ms = activity.moving_ms_between(activity.started_at, ts) as f64;
+            self.summary.course.get_or_insert_default().push(
+                &plan.steps,
+                moving_ms,
+                self.summary.distance_m,
+            );
+        }
     }
 
     fn climb(&mut self, alt: Option<f64>) {

@@ -31,6 +31,49 @@ pub(super) fn read(root: Node<'_, '_>) -> Result<Vec<ImportedTrack>, FormatError
     Ok(tracks)
 }
 
+/// A planned route from a GPX document: its first route's `rtept`s, or if
+/// it has none, its tracks' `trkpt`s (times not needed), as `[lat, lng]`.
+pub fn route(text: &str) -> Result<Vec<[f64; 2]>, FormatError> {
+    let doc = roxmltree::Document::parse_with_options(
+        text,
+        roxmltree::ParsingOptions {
+            allow_dtd: false,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| FormatError {
+        line: e.pos().row,
+        message: e.to_string(),
+    })?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "gpx" {
+        return Err(FormatError::at(root, "expected a GPX document"));
+    }
+    let from_route: Vec<Node<'_, '_>> = children(root, "rte")
+        .take(1)
+        .flat_map(|rte| children(rte, "rtept"))
+        .collect();
+    let nodes = if from_route.is_empty() {
+        root.descendants()
+            .filter(|n| n.is_element() && n.tag_name().name() == "trkpt")
+            .collect()
+    } else {
+        from_route
+    };
+    nodes
+        .into_iter()
+        .map(|pt| {
+            let coordinate = |name: &str| {
+                pt.attribute(name)
+                    .and_then(|t| t.trim().parse::<f64>().ok())
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| FormatError::at(pt, format!("point without a valid `{name}`")))
+            };
+            Ok([coordinate("lat")?, coordinate("lon")?])
+        })
+        .collect()
+}
+
 fn fix(pt: Node<'_, '_>) -> Result<Fix, FormatError> {
     let coordinate = |name: &str| -> Result<f64, FormatError> {
         let text = pt

@@ -57,7 +57,7 @@ async fn create_activity(
             "started_at must be within the last 30 days and not in the future",
         ));
     }
-    let activity = Activity::start(
+    let mut activity = Activity::start(
         Uuid::now_v7(),
         me.id,
         body.activity_type,
@@ -65,6 +65,18 @@ async fn create_activity(
         body.course_id,
         started_at,
     );
+    if let Some(course_id) = body.course_id {
+        let course = match ctx.courses.visible(&ctx, &me, course_id).await {
+            Err(ApiError::NotFound) => {
+                return Err(ApiError::invalid(
+                    "unknown_course",
+                    "no course with that id that you may use",
+                ));
+            }
+            other => other?,
+        };
+        activity.plan = Some(course.plan());
+    }
     let snapshot = ctx.tracker.create(activity).await?;
     Ok((
         StatusCode::CREATED,

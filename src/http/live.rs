@@ -40,6 +40,7 @@ use super::access::Viewer;
 use super::privacy::{RULES_TTL_MS, Rules};
 use super::views::ActivityView;
 use super::{ApiContext, ApiError, AuthUser};
+use crate::domain::course::RouteProgress;
 use crate::domain::time::{Millis, serialize_ms};
 use crate::domain::{ActivityState, Point, PrivacyFilter, Stats, Visibility};
 use crate::ingest::{ActivitySnapshot, IngestError};
@@ -110,6 +111,47 @@ struct LivePoll {
     lag_s: f64,
     retry_after_ms: Millis,
     live_status: LiveStatus,
+    /// Progress along the course's planned route, for an activity on one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<RouteProgress>,
+}
+
+/// Progress along the planned route at the last position this watcher was
+/// shown (`shown`), or else the latest released one the filter lets through.
+async fn route_now(
+    ctx: &ApiContext,
+    playback: &Playback,
+    stats: &Stats,
+    shown: Option<&Point>,
+    filter: Option<&PrivacyFilter>,
+    now: Millis,
+) -> Option<RouteProgress> {
+    let snapshot = playback.snapshot();
+    snapshot.activity.plan.as_ref()?;
+    let at = match shown {
+        Some(p) => Some(*p),
+        None => ctx
+            .recent
+            .latest_point(snapshot.activity.id, now - playback.lag().ms())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|e| match e.item {
+                RecentItem::Point(p) => Some(p),
+                _ => None,
+            })
+            .filter(|p| filter.is_none_or(|f| !f.hides(p.lat, p.lng))),
+    };
+    ctx.courses
+        .progress(
+            ctx,
+            &snapshot.activity,
+            &snapshot.track,
+            stats,
+            at.as_ref(),
+            now,
+        )
+        .await
 }
 
 async fn playback(
@@ -186,7 +228,18 @@ async fn poll(
     }
     let status = playback.status(now);
     let finished = status.state.is_final();
+    let shown = points.last().map(|p| p.point);
+    let route = route_now(
+        &ctx,
+        &playback,
+        &status.stats,
+        shown.as_ref(),
+        rules.filter_for(&viewer),
+        now,
+    )
+    .await;
     Ok(Json(LivePoll {
+        route,
         points,
         events,
         state: status.state.state,
@@ -244,6 +297,8 @@ enum WsMessage<'a> {
         server_time: Millis,
         lag_s: f64,
         live_status: LiveStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        route: Option<RouteProgress>,
     },
     Points {
         points: &'a [LivePoint],
@@ -260,6 +315,8 @@ enum WsMessage<'a> {
     Stats {
         stats: &'a Stats,
         cursor: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        route: Option<RouteProgress>,
     },
 }
 
@@ -363,17 +420,26 @@ async fn play(
         Ok(catch_up) => catch_up,
         Err(e) => return End::Failed(e),
     };
-    match ctx.rules.get(ctx, id).await {
-        Ok(rules) => {
-            if let Some(filter) = rules.filter_for(viewer) {
-                catch_up
-                    .points
-                    .retain(|p| !filter.hides(p.point.lat, p.point.lng));
-            }
-        }
+    let rules = match ctx.rules.get(ctx, id).await {
+        Ok(rules) => rules,
         Err(_) => return End::Close(4003, "access revoked"),
+    };
+    if let Some(filter) = rules.filter_for(viewer) {
+        catch_up
+            .points
+            .retain(|p| !filter.hides(p.point.lat, p.point.lng));
     }
-    if let Err(end) = send_catch_up(tx, &catch_up, playback, now).await {
+    let mut shown = catch_up.points.last().map(|p| p.point);
+    let route = route_now(
+        ctx,
+        playback,
+        &catch_up.status.stats,
+        shown.as_ref(),
+        rules.filter_for(viewer),
+        now,
+    )
+    .await;
+    if let Err(end) = send_catch_up(tx, &catch_up, playback, now, route).await {
         return end;
     }
     let mut finished = catch_up.status.state.is_final();
@@ -388,7 +454,21 @@ async fn play(
                 Ok(rules) => rules,
                 Err(_) => return End::Close(4003, "access revoked"),
             };
-            if let Err(end) = send_release(tx, &release, rules.filter_for(viewer)).await {
+            let filter = rules.filter_for(viewer);
+            if let Some(p) = release
+                .points()
+                .filter(|p| filter.is_none_or(|f| !f.hides(p.point.lat, p.point.lng)))
+                .last()
+            {
+                shown = Some(p.point);
+            }
+            let route = match &release.stats {
+                Some((stats, _)) => {
+                    route_now(ctx, playback, stats, shown.as_ref(), filter, now).await
+                }
+                None => None,
+            };
+            if let Err(end) = send_release(tx, &release, filter, route).await {
                 return end;
             }
             finished = release.finished;
@@ -414,6 +494,7 @@ async fn send_catch_up(
     catch_up: &CatchUp,
     playback: &Playback,
     now: Millis,
+    route: Option<RouteProgress>,
 ) -> Result<(), End> {
     let cursor = catch_up.cursor.to_string();
     let mut chunks = catch_up.points.chunks(CATCH_UP_CHUNK);
@@ -431,6 +512,7 @@ async fn send_catch_up(
             server_time: now,
             lag_s: playback.lag().seconds(),
             live_status: playback.live_status(),
+            route,
         },
     )
     .await?;
@@ -451,6 +533,7 @@ async fn send_release(
     tx: &mpsc::Sender<Message>,
     release: &Release,
     filter: Option<&PrivacyFilter>,
+    route: Option<RouteProgress>,
 ) -> Result<(), End> {
     for item in &release.items {
         match item {
@@ -490,6 +573,7 @@ async fn send_release(
         let message = WsMessage::Stats {
             stats,
             cursor: cursor.to_string(),
+            route,
         };
         enqueue(tx, &message).await?;
     }

@@ -9,6 +9,7 @@
 mod access;
 mod activities;
 mod auth;
+pub mod courses;
 mod error;
 mod fields;
 mod friends;
@@ -68,6 +69,8 @@ pub struct ApiContext {
     pub audience: Arc<dyn crate::store::audience::Audience>,
     /// Audience settings and privacy filters of recently watched activities.
     pub rules: Arc<privacy::RulesCache>,
+    /// The course catalogue, and the planned routes looked at recently.
+    pub courses: Arc<courses::Courses>,
     /// Set to `true` when the server is shutting down (WebSockets close).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -82,6 +85,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(shares::router())
         .merge(privacy::router())
         .merge(fields::router())
+        .merge(courses::router())
         .merge(import::router())
         .merge(leaderboards::router())
         .route_layer(middleware::from_fn(record_metrics))

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::domain::course::StepRecord;
 use crate::domain::time::{Millis, serialize_ms, serialize_opt_ms};
 use crate::domain::{ActivityState, ActivityType, Event, RejectCode, Split, Stats, Visibility};
 use crate::ingest::ActivitySnapshot;
@@ -23,6 +24,9 @@ pub struct ActivityView {
     /// Radius hidden around the track's ends from everyone but the athlete.
     pub hide_ends_m: u32,
     pub course_id: Option<Uuid>,
+    /// The course's name, for an activity started on one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub course_name: Option<String>,
     #[serde(serialize_with = "serialize_ms")]
     pub started_at: Millis,
     #[serde(serialize_with = "serialize_opt_ms")]
@@ -32,6 +36,10 @@ pub struct ActivityView {
     pub splits: Vec<Split>,
     /// Named numbers: the athlete's own and, once complete, the computed.
     pub fields: BTreeMap<String, f64>,
+    /// One record per step of the course's plan run so far (the step the
+    /// activity is in, or ended in, as a partial one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
 }
 
 impl ActivityView {
@@ -45,12 +53,17 @@ impl ActivityView {
             visibility: a.visibility,
             hide_ends_m: a.hide_ends_m,
             course_id: a.course_id,
+            course_name: a.plan.as_ref().map(|p| p.name.clone()),
             started_at: a.started_at,
             finished_at: a.finished_at,
             events: a.events.clone(),
             stats: s.stats(now),
             splits: s.track.splits.clone(),
             fields: a.fields.clone(),
+            steps: match (&a.plan, &s.track.course) {
+                (Some(plan), Some(progress)) => progress.records(&plan.steps),
+                _ => Vec::new(),
+            },
         }
     }
 }

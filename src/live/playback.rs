@@ -160,6 +160,11 @@ impl Playback {
         self.snapshot.activity.id
     }
 
+    /// The activity as it was when playback began.
+    pub fn snapshot(&self) -> &ActivitySnapshot {
+        &self.snapshot
+    }
+
     pub fn cursor(&self) -> Option<StreamCursor> {
         self.cursor
     }

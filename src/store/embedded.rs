@@ -15,6 +15,7 @@
 //! | `shares` | share_id | JSON `Share` |
 //! | `share_tokens` | sha256(token) | share_id |
 //! | `privacy_zones` | user_id | JSON `[PrivacyZone]` |
+//! | `courses` | course_id | JSON `Course` (athletes' own) |
 //! | `activity_fields` | athlete_id ‖ len(field) ‖ field ‖ !started_at ‖ !activity_id | f64 (8 bytes, big-endian) ‖ visibility (1 byte) |
 //!
 //! `activities_by_athlete` stores the bitwise complement of the clustering
@@ -34,9 +35,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, BoxError, FieldStore, FieldValue, HistoryKey, PointStore, RouteCursor, Share,
-    StoreError, StoreResult, User, UserStore,
+    ActivityStore, BoxError, CourseStore, FieldStore, FieldValue, HistoryKey, PointStore,
+    RouteCursor, Share, StoreError, StoreResult, User, UserStore,
 };
+use crate::domain::course::Course;
 use crate::domain::time::Millis;
 use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
@@ -53,6 +55,7 @@ pub struct EmbeddedStore {
     share_tokens: Keyspace,
     privacy_zones: Keyspace,
     fields: Keyspace,
+    courses: Keyspace,
 }
 
 impl From<fjall::Error> for StoreError {
@@ -188,6 +191,7 @@ impl EmbeddedStore {
             share_tokens: ks("share_tokens")?,
             privacy_zones: ks("privacy_zones")?,
             fields: ks("activity_fields")?,
+            courses: ks("courses")?,
             db,
         })
     }
@@ -449,6 +453,23 @@ impl PointStore for EmbeddedStore {
 }
 
 const ROUTE_PREALLOC: usize = 1024;
+
+#[async_trait]
+impl CourseStore for EmbeddedStore {
+    async fn put_course(&self, course: &Course) -> StoreResult<()> {
+        let value = serde_json::to_vec(course).map_err(corrupt)?;
+        let (this, id) = (self.clone(), course.id);
+        blocking(move || {
+            this.courses.insert(id.as_bytes(), value)?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn course(&self, id: Uuid) -> StoreResult<Option<Course>> {
+        get_json(self.courses.clone(), id).await
+    }
+}
 
 #[async_trait]
 impl FieldStore for EmbeddedStore {

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::course::Course;
 use crate::domain::time::{Millis, deserialize_ms, serialize_ms};
 use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
@@ -268,6 +269,13 @@ pub trait FieldStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<FieldValue>>;
 }
 
+/// Athletes' own courses (the catalogue's live in memory, `catalogue`).
+#[async_trait]
+pub trait CourseStore: Send + Sync + 'static {
+    async fn put_course(&self, course: &Course) -> StoreResult<()>;
+    async fn course(&self, id: Uuid) -> StoreResult<Option<Course>>;
+}
+
 /// The persistence backends the server runs on.
 #[derive(Clone)]
 pub struct Persistence {
@@ -275,6 +283,7 @@ pub struct Persistence {
     pub activities: Arc<dyn ActivityStore>,
     pub points: Arc<dyn PointStore>,
     pub fields: Arc<dyn FieldStore>,
+    pub courses: Arc<dyn CourseStore>,
 }
 
 impl Persistence {

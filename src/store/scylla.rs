@@ -48,10 +48,11 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, BoxError, FieldStore, FieldValue, HistoryKey, PointStore, RouteCursor, Share,
-    StoreError, StoreResult, User, UserStore,
+    ActivityStore, BoxError, CourseStore, FieldStore, FieldValue, HistoryKey, PointStore,
+    RouteCursor, Share, StoreError, StoreResult, User, UserStore,
 };
 use crate::config::ScyllaArgs;
+use crate::domain::course::Course;
 use crate::domain::time::Millis;
 use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
@@ -199,6 +200,8 @@ struct Statements {
     delete_field: PreparedStatement,
     select_field_series: PreparedStatement,
     select_field_range: PreparedStatement,
+    insert_course: PreparedStatement,
+    select_course: PreparedStatement,
     select_privacy_zones: PreparedStatement,
     insert_activity: PreparedStatement,
     insert_history: PreparedStatement,
@@ -294,6 +297,11 @@ impl Statements {
                  WHERE athlete_id = ? AND field = ? AND started_at >= ? AND started_at < ?"
             ))
             .await?,
+            insert_course: prepare(format!(
+                "INSERT INTO {ks}.courses (id, owner_id, doc) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            select_course: prepare(format!("SELECT doc FROM {ks}.courses WHERE id = ?")).await?,
             insert_activity: prepare(format!(
                 "INSERT INTO {ks}.activities (id, athlete_id, started_at, doc) VALUES (?, ?, ?, ?)"
             ))
@@ -811,6 +819,22 @@ fn visibility_from(name: &str) -> StoreResult<Visibility> {
         "friends" => Ok(Visibility::Friends),
         "public" => Ok(Visibility::Public),
         other => Err(corrupt(format!("visibility {other}"))),
+    }
+}
+
+#[async_trait]
+impl CourseStore for ScyllaStore {
+    async fn put_course(&self, course: &Course) -> StoreResult<()> {
+        let doc = serde_json::to_string(course).map_err(corrupt)?;
+        self.execute(&self.q.insert_course, (course.id, course.owner_id, doc))
+            .await
+            .map(|_| ())
+    }
+
+    async fn course(&self, id: Uuid) -> StoreResult<Option<Course>> {
+        let row: Option<(String,)> = self.one_row(&self.q.select_course, (id,)).await?;
+        row.map(|(doc,)| serde_json::from_str(&doc).map_err(corrupt))
+            .transpose()
     }
 }
 

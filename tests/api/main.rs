@@ -3,6 +3,7 @@
 
 mod activities;
 mod cluster;
+mod courses;
 mod durability;
 mod errors;
 mod fields;

@@ -176,6 +176,24 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
     assert!(store.users.privacy_zones(user.id).await.unwrap().is_empty());
     covered.push("privacy zones");
 
+    // Athletes' own courses.
+    let course = trailcast::domain::course::Course {
+        id: Uuid::now_v7(),
+        slug: None,
+        name: "Canal loop".into(),
+        description: String::new(),
+        level: trailcast::domain::course::Level::Beginner,
+        themes: vec![],
+        steps: vec![],
+        route: Some(vec![[52.5, 13.4], [52.51, 13.41]]),
+        owner_id: Some(user.id),
+        visibility: Visibility::Friends,
+    };
+    assert!(store.courses.course(course.id).await.unwrap().is_none());
+    store.courses.put_course(&course).await.unwrap();
+    assert_eq!(store.courses.course(course.id).await.unwrap(), Some(course));
+    covered.push("courses");
+
     // Field series: one partition per athlete and field, newest first, a
     // time range, overwrite, delete.
     let athlete = Uuid::now_v7();
@@ -508,6 +526,7 @@ async fn storage_contract_on_the_embedded_store() {
         activities: Arc::new(db.clone()),
         points: Arc::new(db.clone()),
         fields: Arc::new(db.clone()),
+        courses: Arc::new(db.clone()),
     };
     let server = Server {
         name: "the embedded store".into(),
@@ -531,7 +550,8 @@ async fn storage_contract_on_scylla() {
         users: db.clone(),
         activities: db.clone(),
         points: db.clone(),
-        fields: db,
+        fields: db.clone(),
+        courses: db,
     };
     let server = Server {
         name: cql.name(),

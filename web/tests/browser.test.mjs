@@ -311,3 +311,56 @@ test('home page: a GPX file is imported with a progress bar and listed', async (
     await browser.closeAndClean();
   }
 });
+
+test('runner page: a course speaks each cue on time and shows the step and progress', async () => {
+  const eve = await call('POST', '/v1/users', { body: { name: 'Eve' } });
+  const course = await call('POST', '/v1/courses', {
+    token: eve.token,
+    body: {
+      name: 'Quick test session',
+      steps: [
+        { kind: 'walk', duration_s: 2, cue: 'Walk two seconds.' },
+        { kind: 'run', duration_s: 4, cue: 'Run four seconds.', halfway_cue: 'Halfway.' },
+        { kind: 'cool_down', duration_s: 2, cue: 'Cool down.' },
+      ],
+    },
+  });
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    await signInContext(browser, eve);
+    // A stub speech synthesiser that records what is said, and when.
+    await browser.addInitScript(() => {
+      window.__spoken = [];
+      Object.defineProperty(window, 'speechSynthesis', {
+        value: { speak: (u) => window.__spoken.push({ text: u.text, at: performance.now() }), cancel() {} },
+      });
+    });
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.goto(`${server.base}/runner.html?course=${course.id}`);
+    await page.waitForFunction((id) => document.getElementById('course').value === id, course.id);
+    await page.click('#start');
+    const startedAt = await page.evaluate(() => performance.now());
+    await page.waitForFunction(() => window.__spoken.length >= 1);
+    assert.match(await page.textContent('#step'), /Walk · step 1 of 3/);
+    await page.waitForFunction(() => window.__spoken.some((s) => s.text === 'Cool down.'), null, { timeout: 15000 });
+    const spoken = await page.evaluate(() => window.__spoken);
+    assert.deepEqual(spoken.map((s) => s.text), ['Walk two seconds.', 'Run four seconds.', 'Halfway.', 'Cool down.']);
+    // Each cue when its step starts (steps of 2, 4 and 2 s; a 250 ms tick).
+    const due = [0, 2000, 4000, 6000];
+    spoken.forEach((s, i) => {
+      const late = s.at - startedAt - due[i];
+      assert.ok(late > -300 && late < 1200, `"${s.text}" ${Math.round(late)} ms off its time`);
+    });
+    const progress = await page.evaluate(() => document.getElementById('course-progress').value);
+    assert.ok(progress > 0.66 && progress <= 1, `progress ${progress}: in the last of 3 steps`);
+    const activity = await call('GET', `/v1/activities/${await page.evaluate(() => window.__trailcastRunner.session().id)}`, { token: eve.token });
+    assert.equal(activity.course_name, 'Quick test session');
+    await page.screenshot({ path: path.join(artifacts, 'runner-course.png') });
+    await page.evaluate(() => window.__trailcastRunner.newSession());
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});

@@ -10,9 +10,14 @@
 
 import { api, token, fmtDistance, fmtDuration, el, renderHeader, registerServiceWorker } from './api.js';
 import * as outbox from './outbox.js';
+import { Coach, metres, movingMs } from './coach.js';
 
 const FLUSH_MS = 3000;
 const VIEWERS_MS = 5000;
+const COACH_MS = 250;
+const STEP_NAMES = { warm_up: 'Warm-up', walk: 'Walk', jog: 'Jog', run: 'Run', rest: 'Rest', cool_down: 'Cool-down' };
+const params = new URLSearchParams(location.search);
+let coach = null;
 const SESSION_KEY = 'trailcast.session';
 const $ = (id) => document.getElementById(id);
 
@@ -32,6 +37,7 @@ function render() {
   const canStart = !session || (st === 'COMPLETE' && !view.pending && !session.changes?.length);
   $('start').hidden = !canStart;
   $('type').disabled = !canStart;
+  $('course').disabled = !canStart;
   $('hide-ends').disabled = !canStart;
   $('pause').hidden = st !== 'STARTED';
   $('resume').hidden = st !== 'PAUSED';
@@ -49,6 +55,42 @@ function render() {
   $('recorded').textContent = view.recorded.length;
   $('pending').textContent = view.pending;
   document.body.dataset.state = st || 'IDLE';
+}
+
+/** The coach: the current step, what is left of it, the session's progress. */
+function coachTick() {
+  const c = session?.course;
+  $('coach').hidden = !c || !c.steps.length;
+  if (!c || !c.steps.length || !(session.state === 'STARTED' || session.state === 'PAUSED')) return;
+  coach ??= new Coach(c.steps, c.said ??= {});
+  const now = movingMs(session.events || [], Date.now());
+  const s = coach.update(now, session.distance || 0);
+  if (s.done) {
+    $('step').textContent = `${c.name}: done`;
+    $('step-left').textContent = '';
+    $('course-progress').value = 1;
+  } else {
+    $('step').textContent = `${STEP_NAMES[s.step.kind] || s.step.kind} · step ${s.index + 1} of ${c.steps.length}`;
+    $('step-left').textContent = s.leftS != null ? `${fmtDuration(s.leftS)} left` : `${Math.ceil(s.leftM)} m left`;
+    $('cue').textContent = s.step.cue;
+    $('course-progress').value = (s.index + Math.min(1, s.fraction)) / c.steps.length;
+  }
+  save();
+}
+
+/** Fills the course list from the catalogue (and `?course=` if it is another one). */
+async function loadCourses() {
+  const select = $('course');
+  try {
+    const { items } = await api('/v1/courses');
+    for (const c of items) select.append(el('option', { value: c.id }, `${c.name} (${Math.round(c.planned_s / 60)} min)`));
+    const wanted = params.get('course');
+    if (wanted && !items.some((c) => c.id === wanted)) {
+      const own = await api(`/v1/courses/${wanted}`);
+      select.append(el('option', { value: own.id }, own.name));
+    }
+    if (wanted) select.value = wanted;
+  } catch { /* offline or signed out: recording works without a course */ }
 }
 
 /** The "Watching now" panel: friends by name (each removable), share links counted. */
@@ -87,6 +129,8 @@ function onPosition(pos) {
   if (c.speed != null && c.speed >= 0) point.speed = c.speed;
   if (c.accuracy != null) point.accuracy = c.accuracy;
   if (view.recorded.length && view.recorded.at(-1).ts >= point.ts) point.ts = view.recorded.at(-1).ts + 1;
+  const prev = view.recorded.at(-1);
+  if (prev) session.distance = (session.distance || 0) + metres(prev, point);
   view.recorded.push(point);
   $('position').textContent = `${c.latitude.toFixed(5)}, ${c.longitude.toFixed(5)} ± ${Math.round(c.accuracy || 0)} m`;
   outbox.put(session.id, point).then(refreshPending).catch(showError);
@@ -158,6 +202,7 @@ function renderStats() {
 
 function changeState(state) {
   session.state = state;
+  (session.events ??= []).push({ state, at: Date.now() });
   (session.changes ??= []).push({ state, at: Date.now() });
   save();
   render();
@@ -168,8 +213,15 @@ $('start').addEventListener('click', async () => {
   showError(null);
   if (!token()) return showError(new Error('Sign in first (home page).'));
   try {
-    const a = await api('/v1/activities', { method: 'POST', body: { type: $('type').value, started_at: Date.now() } });
-    session = { id: a.id, state: 'STARTED', changes: [], stats: a.stats };
+    const courseId = $('course').value;
+    const course = courseId ? await api(`/v1/courses/${courseId}`) : null;
+    const startedAt = Date.now();
+    const body = { type: $('type').value, started_at: startedAt };
+    if (course) body.course_id = course.id;
+    const a = await api('/v1/activities', { method: 'POST', body });
+    session = { id: a.id, state: 'STARTED', changes: [], stats: a.stats, events: [{ state: 'STARTED', at: startedAt }], distance: 0 };
+    if (course) session.course = { id: course.id, name: course.name, steps: course.steps, said: {} };
+    coach = course ? new Coach(course.steps, session.course.said) : null;
     const hideEnds = Number($('hide-ends').value);
     if (hideEnds) session.changes.push({ hide_ends_m: hideEnds });
     view.recorded = [];
@@ -186,6 +238,8 @@ window.addEventListener('online', () => { render(); flush(); });
 window.addEventListener('offline', render);
 setInterval(flush, FLUSH_MS);
 setInterval(refreshViewers, VIEWERS_MS);
+setInterval(coachTick, COACH_MS);
+if (token()) loadCourses();
 
 renderHeader();
 registerServiceWorker();
@@ -197,4 +251,4 @@ if (session) {
   flush();
   refreshViewers();
 }
-window.__trailcastRunner = { flush, refreshViewers, session: () => session, newSession: () => { session = null; save(); render(); } };
+window.__trailcastRunner = { flush, refreshViewers, coachTick, session: () => session, newSession: () => { session = null; coach = null; save(); render(); } };

@@ -79,10 +79,29 @@ function setState(state) {
   document.body.dataset.state = state;
 }
 
-function setStats(stats) {
+function setStats(stats, route) {
   if (!stats) return;
   view.stats = stats;
   view.statsAt = Date.now();
+  if (route !== undefined) view.route = route;
+  renderCourse();
+}
+
+const STEP_NAMES = { warm_up: 'Warm-up', walk: 'Walk', jog: 'Jog', run: 'Run', rest: 'Rest', cool_down: 'Cool-down' };
+
+/** The step the athlete is in, and progress along a planned route. */
+function renderCourse() {
+  const step = view.stats?.step, route = view.route;
+  $('course-line').hidden = !step && !route;
+  $('step').textContent = step
+    ? `${STEP_NAMES[step.kind] || step.kind} · step ${step.index + 1} of ${step.count}` +
+      (step.time_left_s != null ? ` · ${fmtDuration(step.time_left_s)} left` : step.distance_left_m != null ? ` · ${Math.ceil(step.distance_left_m)} m left` : '')
+    : '';
+  $('route-progress').textContent = route
+    ? `${fmtDistance(route.done_m)} done · ${fmtDistance(route.left_m)} to go` +
+      (route.eta_ms ? ` · arrives about ${new Date(route.eta_ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}` : '')
+    : '';
+  $('off-route').hidden = !route?.off_route;
 }
 
 function renderStats() {
@@ -151,11 +170,11 @@ function connectSocket() {
         onServerTime(msg.server_time);
         addPoints(msg.points);
         setState(msg.state);
-        setStats(msg.stats);
+        setStats(msg.stats, msg.route);
         break;
       case 'points': addPoints(msg.points); break;
       case 'state': setState(msg.state); break;
-      case 'stats': setStats(msg.stats); break;
+      case 'stats': setStats(msg.stats, msg.route); break;
     }
     if (msg.cursor) view.cursor = msg.cursor;
   };
@@ -189,10 +208,23 @@ async function poll() {
   onServerTime(body.server_time);
   addPoints(body.points);
   setState(body.state);
-  setStats(body.stats);
+  setStats(body.stats, body.route);
   view.cursor = body.cursor;
   if (view.finished && !body.points.length) return setTransport('finished');
   setTimeout(poll, Math.max(50, body.retry_after_ms));
+}
+
+/** The course's planned route, dashed under the track (signed-in viewers). */
+async function drawPlannedRoute() {
+  try {
+    const headers = { authorization: `Bearer ${token()}` };
+    const activity = await (await fetch(`/v1/activities/${activityId}`, { headers })).json();
+    if (!activity.course_id) return;
+    const course = await (await fetch(`/v1/courses/${activity.course_id}`, { headers })).json();
+    if (!course.route) return;
+    view.plannedRoute = L.polyline(course.route, { color: '#1d2430', weight: 3, dashArray: '6 8', opacity: 0.7 }).addTo(map);
+    line.bringToFront();
+  } catch { /* the live view works without it */ }
 }
 
 function retry(fn) {
@@ -213,6 +245,7 @@ if (!activityId) {
   const details = $('details');
   details.href = `/activity.html?id=${activityId}`;
   details.hidden = !!share;
+  if (!share && token()) drawPlannedRoute();
   if (!share && !token()) showError('Sign in (or open a share link) to watch.');
   else if ('WebSocket' in window && params.get('transport') !== 'poll') connectSocket();
   else poll();

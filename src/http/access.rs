@@ -8,15 +8,17 @@
 //!
 //! The live endpoints are also open to holders of a share link, and take
 //! credentials where a browser can put them on a WebSocket: the bearer token
-//! as `Authorization` or `?token=`, a share token as `?share=`. The
-//! `Viewer` extractor reads them (query strings are never logged).
+//! as `Authorization`, as the offered subprotocol `bearer.<token>` (what the
+//! web app uses: nothing a console or proxy logs) or `?token=`, a share
+//! token as the subprotocol `share.<token>` or `?share=`. The `Viewer`
+//! extractor reads them (query strings are never logged).
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::auth::{bearer_token, user_for_token};
+use super::auth::{bearer_token, protocol_token, user_for_token};
 use super::{ApiContext, ApiError, hash_token};
 use crate::domain::{Activity, ActivityState, Visibility};
 use crate::ingest::ActivitySnapshot;
@@ -83,10 +85,14 @@ impl FromRequestParts<ApiContext> for Viewer {
                 token: None,
                 share: None,
             });
-        if let Some(token) = bearer_token(&parts.headers).or(query.token.as_deref()) {
+        let headers = &parts.headers;
+        if let Some(token) = bearer_token(headers)
+            .or_else(|| protocol_token(headers, "bearer"))
+            .or(query.token.as_deref())
+        {
             return Ok(Viewer::User(user_for_token(ctx, token).await?));
         }
-        let Some(token) = query.share.as_deref() else {
+        let Some(token) = protocol_token(headers, "share").or(query.share.as_deref()) else {
             return Err(ApiError::Unauthorized);
         };
         let share = ctx

@@ -38,6 +38,22 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The WebSocket subprotocol the server answers with (`Sec-WebSocket-Protocol`).
+pub const WS_PROTOCOL: &str = "trailcast";
+
+/// A credential a browser put in `Sec-WebSocket-Protocol` (it cannot set
+/// headers on a WebSocket, and a URL's query string ends up in consoles and
+/// logs): the offered protocol `<kind>.<token>`, e.g. `bearer.abc…`.
+pub fn protocol_token<'h>(headers: &'h HeaderMap, kind: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(kind)?.strip_prefix('.'))
+}
+
 /// The user a token belongs to, or `Unauthorized`; counts the request
 /// against the user's rate limit.
 pub async fn user_for_token(ctx: &ApiContext, token: &str) -> Result<User, ApiError> {

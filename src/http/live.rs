@@ -37,12 +37,13 @@ use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
 use super::access::Viewer;
+use super::auth::WS_PROTOCOL;
 use super::privacy::{RULES_TTL_MS, Rules};
 use super::views::ActivityView;
 use super::{ApiContext, ApiError, AuthUser};
 use crate::domain::course::RouteProgress;
 use crate::domain::time::{Millis, serialize_ms};
-use crate::domain::{ActivityState, Point, PrivacyFilter, Stats, Visibility};
+use crate::domain::{ActivityState, ActivityType, Point, PrivacyFilter, Stats, Visibility};
 use crate::ingest::{ActivitySnapshot, IngestError};
 use crate::live::{
     CatchUp, DEFAULT_LAG_MS, Lag, LivePoint, LiveStatus, Playback, Release, Released, StateAt,
@@ -114,6 +115,36 @@ struct LivePoll {
     /// Progress along the course's planned route, for an activity on one.
     #[serde(skip_serializing_if = "Option::is_none")]
     route: Option<RouteProgress>,
+    /// With a catch-up: the activity's type, start and athlete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    about: Option<About>,
+}
+
+/// Who and what a watcher is looking at: sent with every catch-up, so a
+/// share-link viewer (who cannot read the activity) sees it too.
+#[derive(Serialize)]
+struct About {
+    #[serde(rename = "type")]
+    activity_type: ActivityType,
+    #[serde(serialize_with = "serialize_ms")]
+    started_at: Millis,
+    athlete: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    course_name: Option<String>,
+}
+
+async fn about(ctx: &ApiContext, playback: &Playback) -> Option<About> {
+    let activity = &playback.snapshot().activity;
+    let athlete = match ctx.store.users.user(activity.athlete_id).await {
+        Ok(Some(user)) => user.name,
+        _ => return None,
+    };
+    Some(About {
+        activity_type: activity.activity_type,
+        started_at: activity.started_at,
+        athlete,
+        course_name: activity.plan.as_ref().map(|p| p.name.clone()),
+    })
 }
 
 /// Progress along the planned route at the last position this watcher was
@@ -213,7 +244,8 @@ async fn poll(
         attend(&ctx, id, watcher, now + POLL_LEASE_MS).await;
     }
     let reset = playback.lost();
-    let (mut points, events, cut_short) = if after.is_none() || reset {
+    let caught_up = after.is_none() || reset;
+    let (mut points, events, cut_short) = if caught_up {
         let CatchUp { points, events, .. } =
             playback.catch_up(ctx.store.points.as_ref(), now).await?;
         (points, events, false)
@@ -238,7 +270,12 @@ async fn poll(
         now,
     )
     .await;
+    let about = match caught_up {
+        true => about(&ctx, &playback).await,
+        false => None,
+    };
     Ok(Json(LivePoll {
+        about,
         route,
         points,
         events,
@@ -268,6 +305,7 @@ async fn websocket(
     let snapshot = viewer.watch(&ctx, id).await?;
     admitted(&ctx, &viewer, id).await?;
     Ok(ws
+        .protocols([WS_PROTOCOL])
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
@@ -299,6 +337,8 @@ enum WsMessage<'a> {
         live_status: LiveStatus,
         #[serde(skip_serializing_if = "Option::is_none")]
         route: Option<RouteProgress>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        about: Option<About>,
     },
     Points {
         points: &'a [LivePoint],
@@ -439,7 +479,8 @@ async fn play(
         now,
     )
     .await;
-    if let Err(end) = send_catch_up(tx, &catch_up, playback, now, route).await {
+    let about = about(ctx, playback).await;
+    if let Err(end) = send_catch_up(tx, &catch_up, playback, now, route, about).await {
         return end;
     }
     let mut finished = catch_up.status.state.is_final();
@@ -495,6 +536,7 @@ async fn send_catch_up(
     playback: &Playback,
     now: Millis,
     route: Option<RouteProgress>,
+    about: Option<About>,
 ) -> Result<(), End> {
     let cursor = catch_up.cursor.to_string();
     let mut chunks = catch_up.points.chunks(CATCH_UP_CHUNK);
@@ -513,6 +555,7 @@ async fn send_catch_up(
             lag_s: playback.lag().seconds(),
             live_status: playback.live_status(),
             route,
+            about,
         },
     )
     .await?;

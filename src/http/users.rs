@@ -18,6 +18,7 @@ pub fn router() -> Router<ApiContext> {
     Router::new()
         .route("/v1/users", post(create_user))
         .route("/v1/me", get(me))
+        .route("/v1/users/{id}", get(user))
 }
 
 #[derive(Deserialize)]
@@ -75,6 +76,17 @@ async fn me(AuthUser(user): AuthUser) -> Json<Value> {
         json!({"id": user.id, "name": user.name}),
         &user,
     ))
+}
+
+/// Someone's public card (id and name), for an invite link: ids are
+/// unguessable, so this names only whoever shared theirs.
+async fn user(
+    State(ctx): State<ApiContext>,
+    AuthUser(_): AuthUser,
+    axum::extract::Path(id): axum::extract::Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let user = ctx.store.users.user(id).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(json!({"id": user.id, "name": user.name})))
 }
 
 fn with_region(mut body: Value, user: &User) -> Value {

@@ -514,3 +514,56 @@ async fn friends_live_now_lists_live_activities_with_their_released_position() {
     let (_, now_live) = app.get("/v1/live", &me.token).await;
     assert_eq!(now_live["items"][0]["position"]["lat"], 48.0003);
 }
+
+/// Browsers cannot set headers on a WebSocket; the web app offers its
+/// credential as a subprotocol, which no console or proxy log shows.
+#[tokio::test]
+async fn credentials_may_come_as_a_websocket_subprotocol_and_the_catch_up_says_whose_it_is() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_app().await;
+    let (ann, id) = athlete_with_activity(&app).await;
+    let (_, share) = app
+        .post("/v1/shares", &ann.token, json!({"activity_id": id}))
+        .await;
+    for offered in [
+        format!("trailcast, bearer.{}", ann.token),
+        format!("trailcast, share.{}", share["token"].as_str().unwrap()),
+    ] {
+        let mut request = ws_url(&app, &id, "lag=5").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", offered.parse().unwrap());
+        let (mut ws, response) = connect_async(request).await.expect("websocket connects");
+        assert_eq!(response.headers()["sec-websocket-protocol"], "trailcast");
+        let first = next_json(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(first["type"], "catch_up");
+        assert_eq!(first["about"]["athlete"], "Ann", "{first}");
+        assert_eq!(first["about"]["type"], "RUN");
+    }
+    let mut request = ws_url(&app, &id, "lag=5").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "trailcast, bearer.wrong".parse().unwrap(),
+    );
+    assert!(
+        connect_async(request).await.is_err(),
+        "a wrong token is refused"
+    );
+    let (_, polled) = app
+        .get(&format!("/v1/activities/{id}/live?lag=5"), &ann.token)
+        .await;
+    assert_eq!(polled["about"]["athlete"], "Ann");
+    let (_, next) = app
+        .get(
+            &format!(
+                "/v1/activities/{id}/live?lag=5&after={}",
+                polled["cursor"].as_str().unwrap()
+            ),
+            &ann.token,
+        )
+        .await;
+    assert!(next.get("about").is_none(), "only with a catch-up");
+    let bob = app.user("Bob").await;
+    let (_, card) = app.get(&format!("/v1/users/{}", ann.id), &bob.token).await;
+    assert_eq!(card, json!({"id": ann.id, "name": "Ann"}));
+}

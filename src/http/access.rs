@@ -10,7 +10,8 @@
 //! credentials where a browser can put them on a WebSocket: the bearer token
 //! as `Authorization`, as the offered subprotocol `bearer.<token>` (what the
 //! web app uses: nothing a console or proxy logs) or `?token=`, a share
-//! token as the subprotocol `share.<token>` or `?share=`. The `Viewer`
+//! token as the subprotocol `share.<token>`, the header `X-Share-Token` or
+//! `?share=`. The `Viewer`
 //! extractor reads them (query strings are never logged).
 
 use axum::extract::{FromRequestParts, Query};
@@ -92,7 +93,11 @@ impl FromRequestParts<ApiContext> for Viewer {
         {
             return Ok(Viewer::User(user_for_token(ctx, token).await?));
         }
-        let Some(token) = protocol_token(headers, "share").or(query.share.as_deref()) else {
+        let share_header = headers.get("x-share-token").and_then(|v| v.to_str().ok());
+        let Some(token) = protocol_token(headers, "share")
+            .or(share_header)
+            .or(query.share.as_deref())
+        else {
             return Err(ApiError::Unauthorized);
         };
         let share = ctx

@@ -64,6 +64,7 @@ async fn create_share(
             "expires_at": to_rfc3339(share.expires_at),
             "poll_url": format!("/v1/activities/{id}/live?share={token}"),
             "ws_url": format!("/v1/activities/{id}/live/ws?share={token}"),
+            "watch_url": format!("/watch.html?activity={id}&share={token}"),
         })),
     ))
 }

@@ -148,6 +148,7 @@ test('runner page: no recorded point is lost when the network drops', async () =
     await browser.setOffline(false);
     await move(3);
     const recordedAfter = await page.evaluate(() => window.__trailcast.recorded);
+    page.once('dialog', (d) => d.accept()); // "Finish this activity?"
     await page.click('#finish');
     await page.waitForFunction(() => window.__trailcast.pending === 0 && window.__trailcast.flushes > 0
       && window.__trailcastRunner.session().changes.length === 0, null, { timeout: 20000 });
@@ -359,6 +360,172 @@ test('runner page: a course speaks each cue on time and shows the step and progr
     assert.equal(activity.course_name, 'Quick test session');
     await page.screenshot({ path: path.join(artifacts, 'runner-course.png') });
     await page.evaluate(() => window.__trailcastRunner.newSession());
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});
+
+test('watch page, second pass: who, following, honest states, no tokens in logs, final errors', async () => {
+  const run = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN', started_at: Date.now() - 60000 } });
+  const t0 = Date.now() - 50000;
+  // 40 points east, each 4 s: a track longer than the map's first view.
+  const pts = Array.from({ length: 12 }, (_, k) => ({ ts: t0 + k * 4000, lat: 52.52, lng: 13.4 + k * 0.002, hr: 140 + k }));
+  await call('POST', `/v1/activities/${run.id}/points`, { token: ann.token, body: { points: pts } });
+  const share = await call('POST', '/v1/shares', { token: ann.token, body: { activity_id: run.id, expires_in_s: 3600 } });
+  assert.match(share.watch_url, new RegExp(`^/watch.html\\?activity=${run.id}&share=`));
+
+  const browser = await launchBrowser();
+  const errors = [];
+  const consoleText = [];
+  try {
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    page.on('console', (m) => consoleText.push(m.text()));
+    page.on('requestfailed', (r) => consoleText.push(r.url()));
+    await page.addInitScript(() => localStorage.setItem('trailcast.tiles', 'none'));
+    await page.goto(`${server.base}${share.watch_url}`);
+    await page.waitForFunction(() => window.__trailcast?.transport === 'websocket' && window.__trailcast.track.length === 12, null, { timeout: 15000 });
+    assert.equal(await page.textContent('#who'), "Ann's run", 'a share-link viewer sees whose run it is');
+    assert.match(await page.textContent('#about'), /^Started /);
+    assert.match(await page.textContent('#last-fix'), /^last fix \d\d:\d\d:\d\d \(\d+ s ago\)$/);
+    assert.equal(await page.textContent('#hr'), '151 bpm');
+    assert.equal(await page.isHidden('#recentre'), true, 'following by default');
+
+    // Panning stops following; the button brings it back.
+    const box = await page.locator('#map').boundingBox();
+    await page.mouse.move(box.x + 60, box.y + 60); // away from the marker
+    await page.mouse.down();
+    await page.mouse.move(box.x + 360, box.y + 160, { steps: 8 });
+    await page.mouse.up();
+    await page.waitForSelector('#recentre:not([hidden])');
+    assert.equal(await page.evaluate(() => window.__trailcast.follow), false);
+    await page.click('#recentre');
+    assert.equal(await page.evaluate(() => window.__trailcast.follow), true);
+
+    // Paused: no "s behind"; finished: "finished at HH:MM".
+    await call('PATCH', `/v1/activities/${run.id}`, { token: ann.token, body: { state: 'PAUSED' } });
+    await page.waitForSelector('#badge.paused', { timeout: 15000 });
+    await page.waitForFunction(() => document.getElementById('delay').textContent === 'paused');
+    await call('PATCH', `/v1/activities/${run.id}`, { token: ann.token, body: { state: 'COMPLETE' } });
+    await page.waitForFunction(() => /^finished at \d\d:\d\d$/.test(document.getElementById('delay').textContent), null, { timeout: 15000 });
+    assert.equal(await page.textContent('#badge'), 'finished');
+    await page.screenshot({ path: path.join(artifacts, 'watch-finished.png') });
+
+    // A broken link: explained once, no retry loop, no "live" badge.
+    const broken = await browser.newPage();
+    watchErrors(broken, errors);
+    broken.on('console', (m) => consoleText.push(m.text()));
+    await signInContext(browser, bob);
+    await broken.goto(`${server.base}/watch.html?activity=not-a-uuid`);
+    await broken.waitForFunction(() => document.getElementById('error').textContent.length > 0, null, { timeout: 15000 });
+    assert.match(await broken.textContent('#error'), /broken/);
+    assert.equal(await broken.textContent('#badge'), 'ended');
+    await sleep(1500);
+    assert.equal(await broken.evaluate(() => window.__trailcast.transport), 'stopped', 'no retries after a 4xx');
+    assert.ok(!(await broken.textContent('body')).includes('UUID'), 'no raw server message');
+
+    // A revoked share link: the socket closes, the page says why, the badge is not "live".
+    const run2 = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN' } });
+    const share2 = await call('POST', '/v1/shares', { token: ann.token, body: { activity_id: run2.id } });
+    const revoked = await browser.newPage();
+    watchErrors(revoked, errors);
+    revoked.on('console', (m) => consoleText.push(m.text()));
+    await revoked.goto(`${server.base}${share2.watch_url}`);
+    await revoked.waitForFunction(() => window.__trailcast?.transport === 'websocket', null, { timeout: 15000 });
+    await call('DELETE', `/v1/shares/${share2.id}`, { token: ann.token });
+    await revoked.waitForFunction(() => /revoked/.test(document.getElementById('error').textContent), null, { timeout: 15000 });
+    assert.equal(await revoked.textContent('#badge'), 'ended');
+
+    for (const text of consoleText) {
+      assert.ok(!text.includes(share.token) && !text.includes(share2.token) && !text.includes(bob.token), `a token in the console: ${text}`);
+    }
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});
+
+test('home, activity and runner pages, second pass: header, invites, live map, shares, partial splits, finish', async () => {
+  const gil = await call('POST', '/v1/users', { body: { name: 'Gil' } });
+  const live = await call('POST', '/v1/activities', { token: gil.token, body: { type: 'RIDE', started_at: Date.now() - 60000 } });
+  await call('POST', `/v1/activities/${live.id}/points`, { token: gil.token, body: { points: [{ ts: Date.now() - 30000, lat: 48.1, lng: 11.5 }] } });
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    // ?tiles= is for this page only, never remembered.
+    await page.goto(`${server.base}/?tiles=none`);
+    assert.equal(await page.evaluate(() => localStorage.getItem('trailcast.tiles')), null);
+    await page.goto(`${server.base}/?tiles=https://evil.example/{z}/{x}/{y}.png`);
+    assert.equal(await page.evaluate(() => localStorage.getItem('trailcast.tiles')), null);
+    // The header knows you right after sign-up.
+    await page.fill('#signup input[name=name]', 'Hal');
+    await page.click('#signup button');
+    await page.waitForSelector('#new-token:not([hidden])');
+    assert.equal(await page.textContent('header.top .me'), 'signed in as Hal');
+    assert.equal(await page.locator('#signup label input').count(), 1, 'inputs have labels');
+
+    // Gil's invite link: Hal adds Gil; Gil adds Hal back.
+    const hal = await page.evaluate(() => ({ id: JSON.parse(localStorage.getItem('trailcast.me')).id, token: localStorage.getItem('trailcast.token') }));
+    await page.addInitScript(() => localStorage.setItem('trailcast.tiles', 'none'));
+    await page.goto(`${server.base}/?invite=${gil.id}`);
+    await page.waitForSelector('#invite-card:not([hidden])');
+    assert.match(await page.textContent('#invite-text'), /^Gil invited you/);
+    await page.click('#invite-accept');
+    await page.waitForFunction(() => /Asked Gil/.test(document.getElementById('invite-text').textContent));
+    await call('PUT', `/v1/friends/${hal.id}`, { token: gil.token });
+
+    // Gil is live: Hal's home shows him on a map once his position is
+    // released to watchers.
+    for (let i = 0; ; i++) {
+      const { items } = await call('GET', '/v1/live', { token: hal.token });
+      if (items[0]?.position) break;
+      assert.ok(i < 40, 'Gil\'s position never released');
+      await sleep(500);
+    }
+    await page.goto(`${server.base}/`);
+    await page.waitForSelector('#live-map:not([hidden]) .leaflet-marker-icon', { timeout: 20000 });
+    assert.match(await page.textContent('#live-map'), /Gil/);
+
+    // Gil's activity page: share links made, copied and revoked.
+    const gilPage = await browser.newPage();
+    watchErrors(gilPage, errors);
+    await gilPage.addInitScript(([token, me]) => {
+      localStorage.setItem('trailcast.token', token);
+      localStorage.setItem('trailcast.me', me);
+      localStorage.setItem('trailcast.tiles', 'none');
+    }, [gil.token, JSON.stringify({ id: gil.id, name: 'Gil' })]);
+    await gilPage.goto(`${server.base}/activity.html?id=${live.id}`);
+    await gilPage.waitForSelector('#sharing:not([hidden])');
+    assert.equal(await gilPage.textContent('#title'), 'Your ride (live)');
+    await gilPage.click('#share-form button');
+    await gilPage.waitForSelector('#shares li');
+    const url = await gilPage.inputValue('#shares li input');
+    assert.match(url, /\/watch\.html\?activity=.*&share=tc_/);
+    const token = new URL(url).searchParams.get('share');
+    const polled = await fetch(`${server.base}/v1/activities/${live.id}/live?lag=5`, { headers: { 'x-share-token': token } });
+    assert.equal(polled.status, 200);
+    await gilPage.click('#shares li button.revoke');
+    await gilPage.waitForSelector('#shares li', { state: 'detached' });
+    const after = await fetch(`${server.base}/v1/activities/${live.id}/live?lag=5`, { headers: { 'x-share-token': token } });
+    assert.equal(after.status, 404);
+
+    // A finished activity: the last split is marked partial.
+    const t0 = Date.now() - 3600000;
+    const done = await call('POST', '/v1/activities', { token: gil.token, body: { type: 'RUN', started_at: t0 } });
+    const track = Array.from({ length: 200 }, (_, k) => ({ ts: t0 + k * 3000, lat: 48.1 + k * 0.0001, lng: 11.5 }));
+    await call('POST', `/v1/activities/${done.id}/points`, { token: gil.token, body: { points: track } });
+    await call('PATCH', `/v1/activities/${done.id}`, { token: gil.token, body: { state: 'COMPLETE', at: t0 + 600000 } });
+    await gilPage.goto(`${server.base}/activity.html?id=${done.id}`);
+    await gilPage.waitForSelector('#splits tbody tr.partial');
+    assert.match(await gilPage.textContent('#splits tbody tr.partial'), /partial/);
+    const own = await browser.newPage();
+    watchErrors(own, errors);
+    await own.goto(`${server.base}/activity.html?id=${crypto.randomUUID()}`);
+    await own.waitForFunction(() => document.getElementById('error').textContent.length > 0);
+    assert.equal(await own.textContent('#error'), 'This activity does not exist, or it is not shared with you.');
     assert.deepEqual(errors, []);
   } finally {
     await browser.closeAndClean();

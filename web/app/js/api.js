@@ -42,7 +42,24 @@ export async function signUp(name) {
   const user = await api('/v1/users', { method: 'POST', body: { name }, auth: null });
   localStorage.setItem(TOKEN_KEY, user.token);
   localStorage.setItem(ME_KEY, JSON.stringify({ id: user.id, name: user.name }));
+  const badge = document.querySelector('header.top .me');
+  if (badge) badge.textContent = `signed in as ${user.name}`;
   return user;
+}
+
+/** A sentence a person understands, for an error of `api()`. */
+export function human(e, what = 'this') {
+  if (!(e instanceof ApiError)) return 'The server could not be reached; check the connection and try again.';
+  switch (e.status) {
+    case 400: case 422:
+      if (e.code === 'invalid_name') return 'A name must be 1 to 64 characters.';
+      return /id|uuid/i.test(e.message) ? `This link is broken: the id in it is not valid.` : e.message;
+    case 401: return `Sign in to see ${what}.`;
+    case 404: return `${what[0].toUpperCase()}${what.slice(1)} does not exist, or it is not shared with you.`;
+    case 413: return 'That is too large.';
+    case 429: return 'Too many requests; wait a moment and try again.';
+    default: return e.status >= 500 ? 'The server had a problem; try again in a moment.' : e.message;
+  }
 }
 
 export const ms = (t) => (typeof t === 'number' ? t : Date.parse(t));
@@ -74,6 +91,7 @@ export function renderHeader() {
     el('a', { href: '/' }, 'Activities'),
     el('a', { href: '/runner.html' }, 'Record'),
     el('span', { class: 'me' }, user ? `signed in as ${user.name}` : 'not signed in'));
+  h.setAttribute('role', 'banner');
   document.body.prepend(h);
 }
 

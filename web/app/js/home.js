@@ -1,7 +1,8 @@
 // Home: sign-up / sign-in, friends live now, my and friends' activities
 // (paged with next_cursor), adding a friend.
 
-import { api, token, me, signIn, signUp, signOut, el, fmtDistance, fmtDuration, fmtDate, renderHeader, registerServiceWorker } from './api.js';
+import { api, token, me, signIn, signUp, signOut, el, human, fmtDistance, fmtDuration, fmtDate, renderHeader, registerServiceWorker } from './api.js';
+import { createMap, athleteIcon } from './map.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -34,22 +35,58 @@ function pager(mode) {
   return load();
 }
 
+/** Friends live now: a list, and a map with each one's last position. */
 async function loadLive() {
   const { items } = await api('/v1/live');
   const list = $('live');
   if (!items.length) return;
   list.replaceChildren(...items.map(({ activity }) => activityItem(activity)));
+  const placed = items.filter((i) => i.position);
+  if (!placed.length) return;
+  $('live-map').hidden = false;
+  const map = createMap('live-map');
+  const markers = placed.map(({ activity, position }) => {
+    const name = names.get(activity.athlete_id) || 'A friend';
+    return L.marker([position.lat, position.lng], { icon: athleteIcon(), title: name, alt: name })
+      .addTo(map)
+      .bindTooltip(name, { permanent: true, direction: 'top', offset: [0, -10] })
+      .on('click', () => { location.href = `/watch.html?activity=${activity.id}`; });
+  });
+  map.fitBounds(L.featureGroup(markers).getBounds(), { padding: [40, 40], maxZoom: 15 });
 }
 
-function showError(e) { $('auth-error').textContent = e.message || String(e); }
+/** `?invite=USER_ID`: offer to add whoever shared their invite link. */
+async function offerInvite() {
+  const inviter = new URLSearchParams(location.search).get('invite');
+  if (!inviter || inviter === me()?.id) return;
+  try {
+    const user = await api(`/v1/users/${encodeURIComponent(inviter)}`);
+    if (names.has(user.id)) return;
+    $('invite-card').hidden = false;
+    $('invite-text').textContent = `${user.name} invited you to be friends.`;
+    $('invite-accept').onclick = async () => {
+      const r = await api(`/v1/friends/${user.id}`, { method: 'PUT' });
+      $('invite-text').textContent = r.status === 'friends' ? `You and ${user.name} are friends now.` : `Asked ${user.name}; friends once they add you too.`;
+      $('invite-accept').hidden = true;
+    };
+  } catch (e) {
+    $('invite-card').hidden = false;
+    $('invite-text').textContent = e.status === 404 || e.status === 400 ? 'This invite link does not work (it may be mistyped).' : human(e);
+    $('invite-accept').hidden = true;
+  }
+}
+
+function showError(e) { $('auth-error').textContent = human(e); }
 
 async function showSignedIn() {
   $('auth').hidden = true;
   $('signed-in').hidden = false;
   $('my-id').textContent = me()?.id || '';
+  $('invite-link').value = `${location.origin}/?invite=${me()?.id || ''}`;
   const { items } = await api('/v1/friends');
   for (const f of items) names.set(f.id, f.name);
-  await Promise.all([loadLive(), pager('mine'), pager('friends')]);
+  $('friend-list').replaceChildren(...(items.length ? items.map((f) => el('li', {}, f.name)) : [el('li', { class: 'muted' }, 'No friends yet.')]));
+  await Promise.all([loadLive(), pager('mine'), pager('friends'), offerInvite()]);
 }
 
 $('signup').addEventListener('submit', async (ev) => {
@@ -67,7 +104,7 @@ $('signup').addEventListener('submit', async (ev) => {
 
 $('signin').addEventListener('submit', async (ev) => {
   ev.preventDefault();
-  try { await signIn(new FormData(ev.target).get('token')); location.reload(); } catch (e) { showError(e.status === 401 ? new Error('That token is not valid.') : e); }
+  try { await signIn(new FormData(ev.target).get('token')); location.reload(); } catch (e) { $('auth-error').textContent = e.status === 401 ? 'That token is not valid.' : human(e); }
 });
 
 /**
@@ -125,7 +162,12 @@ $('add-friend').addEventListener('submit', async (ev) => {
   try {
     const r = await api(`/v1/friends/${encodeURIComponent(new FormData(ev.target).get('id').trim())}`, { method: 'PUT' });
     $('friend-status').textContent = r.status === 'friends' ? 'You are friends.' : 'Asked; friends once they add you too.';
-  } catch (e) { $('friend-status').textContent = e.message; }
+  } catch (e) { $('friend-status').textContent = e.status === 404 || e.status === 400 ? 'There is no user with that id.' : human(e); }
+});
+
+$('invite-copy').addEventListener('click', async (ev) => {
+  $('invite-link').select();
+  try { await navigator.clipboard.writeText($('invite-link').value); ev.target.textContent = 'Copied'; } catch { ev.target.textContent = 'Select and copy'; }
 });
 
 renderHeader();

@@ -1,13 +1,17 @@
 // Leaflet maps with a configurable tile source. Default OpenStreetMap; set
-// localStorage 'trailcast.tiles' (or ?tiles=) to another URL template, or to
-// "none" for a plain background (the route and scale bar still draw).
+// localStorage 'trailcast.tiles' to another URL template, or to "none" for
+// a plain background (the route and scale bar still draw). `?tiles=` applies
+// to that page only and only as "none" or "osm": a link must not be able to
+// send every later map's tile requests (the viewer's whereabouts of
+// interest) to a host of its choosing.
 
 const OSM = 'https://tile.openstreetmap.org/{z}/{x}/{y}.png';
 
 export function tileUrl() {
   const q = new URLSearchParams(location.search).get('tiles');
-  if (q) localStorage.setItem('trailcast.tiles', q);
-  return q || localStorage.getItem('trailcast.tiles') || OSM;
+  if (q === 'none') return 'none';
+  if (q === 'osm') return OSM;
+  return localStorage.getItem('trailcast.tiles') || OSM;
 }
 
 export function createMap(elementId) {

@@ -8,9 +8,10 @@
 // was. State changes are sent with the time they happened (`at`) and
 // retried until the server takes them.
 
-import { api, token, fmtDistance, fmtDuration, el, renderHeader, registerServiceWorker } from './api.js';
+import { api, token, human, fmtDistance, fmtDuration, fmtPace, el, renderHeader, registerServiceWorker } from './api.js';
 import * as outbox from './outbox.js';
 import { Coach, metres, movingMs } from './coach.js';
+import { createMap, athleteIcon } from './map.js';
 
 const FLUSH_MS = 3000;
 const VIEWERS_MS = 5000;
@@ -18,6 +19,8 @@ const COACH_MS = 250;
 const STEP_NAMES = { warm_up: 'Warm-up', walk: 'Walk', jog: 'Jog', run: 'Run', rest: 'Rest', cool_down: 'Cool-down' };
 const params = new URLSearchParams(location.search);
 let coach = null;
+let map = null, trackLine = null, meMarker = null;
+let wakeLock = null;
 const SESSION_KEY = 'trailcast.session';
 const $ = (id) => document.getElementById(id);
 
@@ -34,19 +37,20 @@ function save() { session ? localStorage.setItem(SESSION_KEY, JSON.stringify(ses
 
 function render() {
   const st = session?.state;
-  const canStart = !session || (st === 'COMPLETE' && !view.pending && !session.changes?.length);
+  const done = st === 'COMPLETE' || st === 'DISCARDED';
+  const canStart = !session || (done && !view.pending && !session.changes?.length);
   $('start').hidden = !canStart;
   $('type').disabled = !canStart;
   $('course').disabled = !canStart;
   $('hide-ends').disabled = !canStart;
   $('pause').hidden = st !== 'STARTED';
   $('resume').hidden = st !== 'PAUSED';
-  $('finish').hidden = !(st === 'STARTED' || st === 'PAUSED');
+  $('end-controls').hidden = !(st === 'STARTED' || st === 'PAUSED');
   const badge = $('badge');
   badge.hidden = !session;
   if (session) {
-    badge.textContent = { STARTED: 'recording', PAUSED: 'paused', COMPLETE: 'finished' }[st] || st;
-    badge.className = 'badge ' + ({ PAUSED: 'paused', COMPLETE: 'finished' }[st] || '');
+    badge.textContent = { STARTED: 'recording', PAUSED: 'paused', COMPLETE: 'finished', DISCARDED: 'discarded' }[st] || st;
+    badge.className = 'badge ' + ({ PAUSED: 'paused', COMPLETE: 'finished', DISCARDED: 'finished' }[st] || '');
     $('links').replaceChildren(
       el('a', { href: `/watch.html?activity=${session.id}` }, 'Watch page'), ' · ',
       el('a', { href: `/activity.html?id=${session.id}` }, 'Activity details'));
@@ -55,6 +59,67 @@ function render() {
   $('recorded').textContent = view.recorded.length;
   $('pending').textContent = view.pending;
   document.body.dataset.state = st || 'IDLE';
+  keepAwake(st === 'STARTED' || st === 'PAUSED');
+}
+
+/**
+ * Keeps the screen on while recording (the browser stops reading GPS when
+ * it locks), and says so; re-taken when the page becomes visible again.
+ */
+async function keepAwake(on) {
+  const note = $('wake');
+  if (!on) {
+    if (wakeLock) { wakeLock.release().catch(() => {}); wakeLock = null; }
+    note.hidden = true;
+    return;
+  }
+  note.hidden = false;
+  if (wakeLock || document.visibilityState !== 'visible') return;
+  if (!('wakeLock' in navigator)) {
+    note.textContent = 'Keep this page open and the screen on: this browser cannot keep it awake, and GPS stops when the screen locks.';
+    return;
+  }
+  try {
+    wakeLock = await navigator.wakeLock.request('screen');
+    note.textContent = 'The screen stays on while recording (GPS stops if it locks).';
+    wakeLock.addEventListener('release', () => { wakeLock = null; });
+  } catch {
+    note.textContent = 'Keep the screen on: the browser refused to keep it awake, and GPS stops when it locks.';
+  }
+}
+document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') render(); });
+
+/** The own track on a small map, following the newest fix. */
+function drawTrack() {
+  if (!view.recorded.length || typeof L === 'undefined') return;
+  if (!map) {
+    $('map').hidden = false;
+    map = createMap('map');
+    trackLine = L.polyline([], { color: '#e4572e', weight: 4 }).addTo(map);
+    meMarker = L.marker([0, 0], { icon: athleteIcon(), keyboard: false }).addTo(map);
+  }
+  const last = view.recorded.at(-1);
+  trackLine.setLatLngs(view.recorded.map((p) => [p.lat, p.lng]));
+  meMarker.setLatLng([last.lat, last.lng]);
+  map.setView([last.lat, last.lng], Math.max(map.getZoom() || 16, 15), { animate: false });
+}
+
+/** Elapsed time and the pace of the last minute, from the phone alone. */
+function renderLocal() {
+  if (!session?.events?.length) return;
+  const now = Date.now();
+  const start = session.events[0].at;
+  const end = session.state === 'COMPLETE' ? session.events.at(-1).at : now;
+  $('elapsed').textContent = fmtDuration((end - start) / 1000);
+  const pts = view.recorded;
+  let paceNow = NaN;
+  if (pts.length > 1 && session.state === 'STARTED') {
+    let d = 0, i = pts.length - 1;
+    while (i > 0 && pts.at(-1).ts - pts[i - 1].ts <= 60000) { d += metres(pts[i - 1], pts[i]); i--; }
+    const t = (pts.at(-1).ts - pts[i].ts) / 1000;
+    if (d > 20 && t > 0) paceNow = t / (d / 1000);
+  }
+  $('pace-now').textContent = fmtPace(paceNow);
 }
 
 /** The coach: the current step, what is left of it, the session's progress. */
@@ -119,7 +184,7 @@ async function removeViewer(user) {
   } catch (e) { showError(e); }
 }
 
-function showError(e) { $('error').textContent = e ? (e.message || String(e)) : ''; }
+function showError(e) { $('error').textContent = e ? (e.status ? human(e, 'this activity') : e.message || String(e)) : ''; }
 
 function onPosition(pos) {
   if (!session || session.state !== 'STARTED') return;
@@ -133,6 +198,7 @@ function onPosition(pos) {
   if (prev) session.distance = (session.distance || 0) + metres(prev, point);
   view.recorded.push(point);
   $('position').textContent = `${c.latitude.toFixed(5)}, ${c.longitude.toFixed(5)} ± ${Math.round(c.accuracy || 0)} m`;
+  drawTrack();
   outbox.put(session.id, point).then(refreshPending).catch(showError);
   render();
 }
@@ -232,13 +298,18 @@ $('start').addEventListener('click', async () => {
 });
 $('pause').addEventListener('click', () => changeState('PAUSED'));
 $('resume').addEventListener('click', () => changeState('STARTED'));
-$('finish').addEventListener('click', () => changeState('COMPLETE'));
+$('finish').addEventListener('click', () => {
+  if (confirm('Finish this activity? It is saved to your history and watchers see it end.')) changeState('COMPLETE');
+});
+$('discard').addEventListener('click', () => {
+  if (confirm('Discard this activity? It is deleted from your history and watchers lose it.')) changeState('DISCARDED');
+});
 
 window.addEventListener('online', () => { render(); flush(); });
 window.addEventListener('offline', render);
 setInterval(flush, FLUSH_MS);
 setInterval(refreshViewers, VIEWERS_MS);
-setInterval(coachTick, COACH_MS);
+setInterval(() => { coachTick(); renderLocal(); }, COACH_MS);
 if (token()) loadCourses();
 
 renderHeader();

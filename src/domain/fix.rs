@@ -6,6 +6,15 @@
 use super::point::{MAX_FUTURE_SKEW_MS, Point, PointWindow, RejectCode, WINDOW_SLACK_MS};
 use super::time::Millis;
 
+/// Altitudes a fix may have: the Dead Sea shore to well above Everest.
+pub const ALT_RANGE_M: std::ops::RangeInclusive<f64> = -1_000.0..=10_000.0;
+/// Speeds a fix may report (no sport tracked here goes faster).
+pub const SPEED_RANGE_M_S: std::ops::RangeInclusive<f64> = 0.0..=150.0;
+/// Horizontal accuracy a fix may report.
+pub const ACCURACY_RANGE_M: std::ops::RangeInclusive<f64> = 0.0..=100_000.0;
+/// Heart rate and cadence.
+pub const PER_MINUTE_RANGE: std::ops::RangeInclusive<f64> = 0.0..=300.0;
+
 /// Units are the API's: metres, m/s, beats and steps per minute.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Fix {
@@ -37,12 +46,14 @@ impl Fix {
         if !(-180.0..=180.0).contains(&lng) {
             return Err(RejectCode::LngOutOfRange);
         }
-        let non_negative = |v: Option<f64>| v.is_none_or(|v| v >= 0.0);
-        let per_minute = |v: Option<f64>| v.is_none_or(|v| (0.0..=300.0).contains(&v));
-        if !non_negative(self.speed)
-            || !non_negative(self.accuracy)
-            || !per_minute(self.hr)
-            || !per_minute(self.cadence)
+        let within = |v: Option<f64>, range: std::ops::RangeInclusive<f64>| {
+            v.is_none_or(|v| range.contains(&v))
+        };
+        if !within(self.alt, ALT_RANGE_M)
+            || !within(self.speed, SPEED_RANGE_M_S)
+            || !within(self.accuracy, ACCURACY_RANGE_M)
+            || !within(self.hr, PER_MINUTE_RANGE)
+            || !within(self.cadence, PER_MINUTE_RANGE)
         {
             return Err(RejectCode::InvalidValue);
         }

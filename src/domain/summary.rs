@@ -44,7 +44,10 @@ pub struct Stats {
     pub step: Option<StepStatus>,
 }
 
+/// `v` rounded to `decimals`; a non-finite value (which validated input
+/// cannot produce, but a stored statistic must never be) becomes 0.
 pub(crate) fn round_to(v: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
-    (v * f).round() / f
+    let r = (v * f).round() / f;
+    if r.is_finite() { r } else { 0.0 }
 }

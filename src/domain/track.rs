@@ -169,7 +169,9 @@ impl TrackAccumulator {
     }
 
     fn climb(&mut self, alt: Option<f64>) {
-        let Some(alt) = alt else { return };
+        let Some(alt) = alt.filter(|a| a.is_finite()) else {
+            return;
+        };
         let s = match self.smoothed_alt {
             None => {
                 self.climb_ref = alt;
@@ -189,6 +191,9 @@ impl TrackAccumulator {
     /// Adds a segment of `d` metres taking `moving_ms`, closing a split at
     /// each kilometre boundary (speed assumed uniform within the segment).
     fn advance(&mut self, mut d: f64, mut moving_ms: f64) {
+        if !d.is_finite() || !moving_ms.is_finite() {
+            return;
+        }
         self.summary.distance_m += d;
         while self.split_distance_m + d >= 1000.0 {
             let part = 1000.0 - self.split_distance_m;

@@ -131,7 +131,15 @@ async fn change_state(
         let _ = ctx.live.access_changed.send(id);
     }
     if let Some(state) = body.state {
-        snapshot = Some(ctx.tracker.transition(me.id, id, state, body.at).await?);
+        // As for points: a change that was stored is also published, even
+        // if the client hangs up meanwhile.
+        let (tracker, at) = (ctx.tracker.clone(), body.at);
+        let change = tokio::spawn(async move { tracker.transition(me.id, id, state, at).await });
+        snapshot = Some(
+            change
+                .await
+                .map_err(|e| ApiError::Internal(Box::new(e)))??,
+        );
         // A finished activity's hidden end is now known.
         ctx.rules.forget(id);
     }

@@ -60,7 +60,13 @@ async fn post_points(
         }
     };
 
-    let outcome = ctx.tracker.ingest(me.id, id, inputs).await?;
+    // Once the points are durable, the running statistics and the live
+    // stream must see them even if the client hangs up: the write runs as
+    // its own task, which a dropped connection does not cancel.
+    let tracker = ctx.tracker.clone();
+    let outcome = tokio::spawn(async move { tracker.ingest(me.id, id, inputs).await })
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))??;
     if single && let Some((_, code)) = outcome.rejected.first() {
         return Err(ApiError::invalid(
             code.as_str(),

@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use super::{
     ActivityStore, BoxError, CourseStore, FieldStore, FieldValue, HistoryKey, PointStore,
-    RouteCursor, Share, StoreError, StoreResult, User, UserStore,
+    RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity, skip_corrupt,
 };
 use crate::domain::course::Course;
 use crate::domain::time::Millis;
@@ -321,7 +321,14 @@ impl ActivityStore for EmbeddedStore {
     }
 
     async fn activity(&self, id: Uuid) -> StoreResult<Option<Activity>> {
-        get_json(self.activities.clone(), id).await
+        let records = self.activities.clone();
+        blocking(move || {
+            records
+                .get(id.as_bytes())?
+                .map(|v| decode_activity(&v, "fjall"))
+                .transpose()
+        })
+        .await
     }
 
     async fn history(
@@ -351,11 +358,15 @@ impl ActivityStore for EmbeddedStore {
                 let key = kv.key()?;
                 let id_bytes: [u8; 16] = key[24..40].try_into().map_err(corrupt)?;
                 let id = Uuid::from_bytes(id_bytes.map(|b| !b));
-                let value = this
-                    .activities
-                    .get(id.as_bytes())?
-                    .ok_or_else(|| corrupt(format!("history names missing activity {id}")))?;
-                out.push(serde_json::from_slice(&value).map_err(corrupt)?);
+                let Some(value) = this.activities.get(id.as_bytes())? else {
+                    skip_corrupt(&corrupt(format!("history names missing activity {id}")));
+                    continue;
+                };
+                match decode_activity(&value, "fjall") {
+                    Ok(activity) => out.push(activity),
+                    // One bad record never takes a whole list down.
+                    Err(e) => skip_corrupt(&e),
+                }
             }
             Ok(out)
         })

@@ -138,6 +138,66 @@ pub trait UserStore: Send + Sync + 'static {
     }
 }
 
+/// Decodes a stored activity document. A document that does not decode
+/// because a number was stored as `null` (what a non-finite statistic
+/// became before inputs were range-checked) is repaired: such numbers read
+/// as 0, and the repair is logged, so the record can still be read, listed,
+/// finished or discarded. Anything else is `Corrupt`.
+pub fn decode_activity(doc: &[u8], op: &'static str) -> StoreResult<Activity> {
+    let err = match serde_json::from_slice(doc) {
+        Ok(activity) => return Ok(activity),
+        Err(e) => e,
+    };
+    let repaired = serde_json::from_slice::<serde_json::Value>(doc)
+        .ok()
+        .and_then(|mut value| {
+            null_numbers_to_zero(&mut value);
+            serde_json::from_value::<Activity>(value).ok()
+        });
+    match repaired {
+        Some(activity) => {
+            tracing::warn!(activity = %activity.id, error = %err, "repaired a stored activity with null numbers");
+            metrics::counter!("trailcast_store_repaired_records_total").increment(1);
+            Ok(activity)
+        }
+        None => Err(StoreError::corrupt(op, err)),
+    }
+}
+
+/// Logs and counts a record a list leaves out because it cannot be read.
+pub fn skip_corrupt(e: &StoreError) {
+    tracing::error!(error = %e, cause = ?std::error::Error::source(e).map(|c| c.to_string()), "skipping an unreadable stored record");
+    metrics::counter!("trailcast_store_skipped_records_total").increment(1);
+}
+
+/// The numeric fields of an activity's track summary that were ever
+/// written as `null`, replaced by 0.
+fn null_numbers_to_zero(value: &mut serde_json::Value) {
+    const NUMBERS: [&str; 8] = [
+        "distance_m",
+        "elevation_gain_m",
+        "leaderboard_m",
+        "time_s",
+        "pace_s_per_km",
+        "actual_s",
+        "actual_m",
+        "points",
+    ];
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if v.is_null() && NUMBERS.contains(&key.as_str()) {
+                    *v = serde_json::Value::from(0u8);
+                } else {
+                    null_numbers_to_zero(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(null_numbers_to_zero),
+        _ => {}
+    }
+}
+
 /// Position of an activity in an athlete's history, newest first: the
 /// clustering key of `activities_by_athlete`, and what a page cursor holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

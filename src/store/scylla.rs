@@ -49,7 +49,7 @@ use uuid::Uuid;
 
 use super::{
     ActivityStore, BoxError, CourseStore, FieldStore, FieldValue, HistoryKey, PointStore,
-    RouteCursor, Share, StoreError, StoreResult, User, UserStore,
+    RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity, skip_corrupt,
 };
 use crate::config::ScyllaArgs;
 use crate::domain::course::Course;
@@ -599,7 +599,7 @@ fn activity_doc(activity: &Activity) -> StoreResult<String> {
 }
 
 fn activity_from(doc: &str) -> StoreResult<Activity> {
-    serde_json::from_str(doc).map_err(corrupt)
+    decode_activity(doc.as_bytes(), "scylla")
 }
 
 #[async_trait]
@@ -644,7 +644,11 @@ impl ActivityStore for ScyllaStore {
                     .await?
             }
         };
-        rows.iter().map(|(doc,)| activity_from(doc)).collect()
+        // One bad record never takes a whole list down.
+        Ok(rows
+            .iter()
+            .filter_map(|(doc,)| activity_from(doc).inspect_err(skip_corrupt).ok())
+            .collect())
     }
 
     async fn put_share(&self, share: &Share) -> StoreResult<()> {

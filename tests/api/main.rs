@@ -17,4 +17,5 @@ mod privacy;
 mod redis;
 mod stats;
 mod storage;
+mod trust;
 mod users;

@@ -100,6 +100,10 @@ pub struct Config {
     /// Apply the ScyllaDB schema on start, as `trailcast migrate` would.
     #[arg(long, env = "TRAILCAST_SCYLLA_MIGRATE")]
     pub scylla_migrate: bool,
+    /// A tracker app's automatic activity is completed at its last fix once
+    /// no fix has arrived for this long (`20m`, `90s`, `1h` or seconds).
+    #[arg(long, env = "TRAILCAST_AUTO_FINISH_AFTER", default_value = "20m", value_parser = parse_duration_ms)]
+    pub auto_finish_after: i64,
     /// Requests per second per token (sustained) before 429.
     #[arg(long, env = "TRAILCAST_RATE_LIMIT", default_value_t = 20.0)]
     pub rate_limit: f64,
@@ -128,5 +132,44 @@ impl Config {
             Command::Serve(config) => *config,
             Command::Migrate(_) => unreachable!("parsed `serve`"),
         }
+    }
+}
+
+/// A duration as `20m`, `90s`, `1h`, `500ms` or plain seconds, in ms.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 20m, 90s or 1h"))?;
+    let ms = match unit {
+        "" | "s" => n * 1_000,
+        "ms" => n,
+        "m" | "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    if ms <= 0 {
+        return Err("a duration must be positive".into());
+    }
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration_ms("20m"), Ok(1_200_000));
+        assert_eq!(parse_duration_ms("90"), Ok(90_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert!(parse_duration_ms("soon").is_err());
+        assert!(parse_duration_ms("0s").is_err());
+        assert!(parse_duration_ms("5 weeks").is_err());
     }
 }

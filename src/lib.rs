@@ -84,6 +84,13 @@ pub async fn run(
         backends.registry.clone(),
         clock,
     ));
+    let devices = Arc::new(ingest::devices::AutoActivities::new(
+        tracker.clone(),
+        backends.persistence.clone(),
+        clock,
+        config.auto_finish_after,
+    ));
+    let finisher = tokio::spawn(finish_idle(devices.clone(), closing_rx.clone()));
     let limiter = Arc::new(http::ratelimit::RateLimiter::new(
         config.rate_limit,
         config.rate_burst,
@@ -109,6 +116,7 @@ pub async fn run(
         audience: backends.audience.clone(),
         rules,
         courses: Arc::new(http::courses::Courses::new(catalogue)),
+        devices,
         shutdown: closing_rx,
     };
     let app = http::router(ctx);
@@ -133,6 +141,9 @@ pub async fn run(
     let _ = drain_tx.send(true);
     writer.await.context("write-behind writer panicked")?;
     sweeper.await.context("sweeper panicked")?;
+    finisher
+        .await
+        .context("automatic-activity finisher panicked")?;
     backends.close()?;
     tracing::info!("shutdown complete");
     Ok(())
@@ -165,6 +176,21 @@ async fn sweep(
                     tracing::info!(activities = settled, "owed side effects settled");
                 }
             }
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Completes tracker apps' automatic activities that have gone quiet.
+async fn finish_idle(
+    devices: Arc<ingest::devices::AutoActivities>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(devices.check_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => devices.finish_idle().await,
             _ = stopped(&mut stop) => return,
         }
     }

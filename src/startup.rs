@@ -101,7 +101,8 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
             activities: db.clone(),
             points: db.clone(),
             fields: db.clone(),
-            courses: db,
+            courses: db.clone(),
+            devices: db,
         };
         return Ok((store, None));
     }
@@ -115,6 +116,7 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
         points: Arc::new(embedded.clone()),
         fields: Arc::new(embedded.clone()),
         courses: Arc::new(embedded.clone()),
+        devices: Arc::new(embedded.clone()),
     };
     Ok((store, Some(embedded)))
 }

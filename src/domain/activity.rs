@@ -122,6 +122,9 @@ pub struct Activity {
     /// The steps of the course it was started on, as they were then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
+    /// The tracker app device that started it (an automatic activity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,6 +174,7 @@ impl Activity {
             blocked_viewers: Vec::new(),
             fields: BTreeMap::new(),
             plan: None,
+            device_id: None,
         }
     }
 

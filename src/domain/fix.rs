@@ -26,6 +26,8 @@ pub struct Fix {
     pub accuracy: Option<f64>,
     pub hr: Option<f64>,
     pub cadence: Option<f64>,
+    /// The phone's battery, in percent.
+    pub battery: Option<f64>,
 }
 
 impl Fix {
@@ -33,7 +35,14 @@ impl Fix {
     /// time falls inside the activity's window.
     pub fn validate(&self, window: PointWindow) -> Result<Point, RejectCode> {
         let (ts, lat, lng) = (self.ts, self.lat, self.lng);
-        let optionals = [self.alt, self.speed, self.accuracy, self.hr, self.cadence];
+        let optionals = [
+            self.alt,
+            self.speed,
+            self.accuracy,
+            self.hr,
+            self.cadence,
+            self.battery,
+        ];
         if !lat.is_finite()
             || !lng.is_finite()
             || optionals.iter().flatten().any(|v| !v.is_finite())
@@ -54,6 +63,7 @@ impl Fix {
             || !within(self.accuracy, ACCURACY_RANGE_M)
             || !within(self.hr, PER_MINUTE_RANGE)
             || !within(self.cadence, PER_MINUTE_RANGE)
+            || !within(self.battery, 0.0..=100.0)
         {
             return Err(RejectCode::InvalidValue);
         }
@@ -75,6 +85,7 @@ impl Fix {
             accuracy: self.accuracy,
             hr: self.hr.map(|v| v.round() as u16),
             cadence: self.cadence.map(|v| v.round() as u16),
+            battery: self.battery.map(|v| v.round() as u8),
         })
     }
 }

@@ -33,6 +33,9 @@ pub struct Point {
     pub hr: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cadence: Option<u16>,
+    /// The phone's battery in percent, when the tracker app reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery: Option<u8>,
 }
 
 /// The wire form: every field optional so that a batch can report a missing
@@ -47,6 +50,7 @@ pub struct PointInput {
     pub accuracy: Option<f64>,
     pub hr: Option<f64>,
     pub cadence: Option<f64>,
+    pub battery: Option<f64>,
 }
 
 /// Why a point was refused; serialised as the `code` of a rejection.
@@ -109,6 +113,7 @@ impl PointInput {
             accuracy: self.accuracy,
             hr: self.hr,
             cadence: self.cadence,
+            battery: self.battery,
         })
     }
 
@@ -122,11 +127,12 @@ const HAS_SPEED: u8 = 2;
 const HAS_ACCURACY: u8 = 4;
 const HAS_HR: u8 = 8;
 const HAS_CADENCE: u8 = 16;
+const HAS_BATTERY: u8 = 32;
 
 impl Point {
     /// Compact storage encoding of everything but `ts` (which is in the key):
     /// a flags byte, lat and lng, then the optional fields that are present.
-    /// 17 bytes for a bare fix, 45 with everything.
+    /// 17 bytes for a bare fix, 46 with everything.
     pub fn encode_value(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(45);
         let flags = [
@@ -135,6 +141,7 @@ impl Point {
             (self.accuracy.is_some(), HAS_ACCURACY),
             (self.hr.is_some(), HAS_HR),
             (self.cadence.is_some(), HAS_CADENCE),
+            (self.battery.is_some(), HAS_BATTERY),
         ]
         .iter()
         .filter(|(present, _)| *present)
@@ -147,6 +154,9 @@ impl Point {
         }
         for v in [self.hr, self.cadence].into_iter().flatten() {
             out.extend_from_slice(&v.to_le_bytes());
+        }
+        if let Some(b) = self.battery {
+            out.push(b);
         }
         out
     }
@@ -180,6 +190,10 @@ impl Point {
         };
         let hr = opt_u16(HAS_HR)?;
         let cadence = opt_u16(HAS_CADENCE)?;
+        let battery = match flags & HAS_BATTERY {
+            0 => None,
+            _ => Some(*rest.first()?),
+        };
         Some(Point {
             ts,
             lat,
@@ -189,6 +203,7 @@ impl Point {
             accuracy,
             hr,
             cadence,
+            battery,
         })
     }
 }
@@ -275,6 +290,7 @@ mod tests {
             accuracy: Some(4.0),
             hr: Some(142),
             cadence: None,
+            battery: None,
         };
         let bare = Point {
             alt: None,

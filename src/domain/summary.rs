@@ -26,6 +26,9 @@ pub struct TrackSummary {
     /// The fold over the plan's steps, for an activity on a course.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub course: Option<CourseProgress>,
+    /// The time of the newest fix (any fix, kept or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fix_at: Option<i64>,
 }
 
 /// The statistics every API reply carries.

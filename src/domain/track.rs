@@ -112,6 +112,7 @@ impl TrackAccumulator {
             "points must be pushed in order"
         );
         self.last_ts = Some(p.ts);
+        self.summary.last_fix_at = Some(p.ts);
         self.summary.points += 1;
         if p.accuracy
             .is_some_and(|a| a > self.thresholds.max_accuracy_m)
@@ -258,6 +259,7 @@ mod tests {
             accuracy: None,
             hr: None,
             cadence: None,
+            battery: None,
         }
     }
 

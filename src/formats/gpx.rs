@@ -103,6 +103,7 @@ fn fix(pt: Node<'_, '_>) -> Result<Fix, FormatError> {
         accuracy: None,
         hr: number(extension("hr"), "hr")?,
         cadence: number(extension("cad"), "cad")?,
+        battery: None,
     })
 }
 
@@ -228,6 +229,7 @@ mod tests {
                 accuracy: None,
                 hr: Some(140 + i as u16),
                 cadence: (i == 2).then_some(90),
+                battery: None,
             })
             .collect();
         let text = write(&activity, &track);

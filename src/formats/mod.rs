@@ -9,6 +9,7 @@
 
 pub mod gpx;
 pub mod tcx;
+pub mod trackers;
 
 use crate::domain::time::{Millis, parse_rfc3339};
 use crate::domain::{ActivityType, Fix};

@@ -65,6 +65,7 @@ fn fix(tp: Node<'_, '_>) -> Result<Option<Fix>, FormatError> {
         accuracy: None,
         hr: number(hr, "HeartRateBpm")?,
         cadence: number(cadence, "Cadence")?,
+        battery: None,
     }))
 }
 
@@ -190,6 +191,7 @@ mod tests {
                 accuracy: None,
                 hr: Some(150),
                 cadence: Some(85),
+                battery: None,
             })
             .collect();
         let stats = Stats::of(&activity, &activity.track, 1_700_000_003_000);

@@ -10,6 +10,7 @@ mod access;
 mod activities;
 mod auth;
 pub mod courses;
+mod devices;
 mod error;
 mod fields;
 mod friends;
@@ -71,6 +72,8 @@ pub struct ApiContext {
     pub rules: Arc<privacy::RulesCache>,
     /// The course catalogue, and the planned routes looked at recently.
     pub courses: Arc<courses::Courses>,
+    /// Tracker apps' automatic activities.
+    pub devices: Arc<crate::ingest::devices::AutoActivities>,
     /// Set to `true` when the server is shutting down (WebSockets close).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -86,6 +89,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(privacy::router())
         .merge(fields::router())
         .merge(courses::router())
+        .merge(devices::router())
         .merge(import::router())
         .merge(leaderboards::router())
         .route_layer(middleware::from_fn(record_metrics))

@@ -16,6 +16,7 @@
 //! persistence after a restart.
 
 pub mod batcher;
+pub mod devices;
 mod hot;
 mod outbox;
 

@@ -356,6 +356,7 @@ mod tests {
             accuracy: None,
             hr: None,
             cadence: None,
+            battery: None,
         }
     }
 

@@ -16,6 +16,9 @@
 //! | `share_tokens` | sha256(token) | share_id |
 //! | `privacy_zones` | user_id | JSON `[PrivacyZone]` |
 //! | `courses` | course_id | JSON `Course` (athletes' own) |
+//! | `devices` | device_id | JSON `Device` |
+//! | `device_keys` | sha256(key) | device_id |
+//! | `devices_by_owner` | owner_id ‖ device_id | empty |
 //! | `activity_fields` | athlete_id ‖ len(field) ‖ field ‖ !started_at ‖ !activity_id | f64 (8 bytes, big-endian) ‖ visibility (1 byte) |
 //!
 //! `activities_by_athlete` stores the bitwise complement of the clustering
@@ -35,8 +38,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, BoxError, CourseStore, FieldStore, FieldValue, HistoryKey, PointStore,
-    RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity, skip_corrupt,
+    ActivityStore, BoxError, CourseStore, Device, DeviceStore, FieldStore, FieldValue, HistoryKey,
+    PointStore, RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity,
+    skip_corrupt,
 };
 use crate::domain::course::Course;
 use crate::domain::time::Millis;
@@ -56,6 +60,9 @@ pub struct EmbeddedStore {
     privacy_zones: Keyspace,
     fields: Keyspace,
     courses: Keyspace,
+    devices: Keyspace,
+    device_keys: Keyspace,
+    devices_by_owner: Keyspace,
 }
 
 impl From<fjall::Error> for StoreError {
@@ -192,6 +199,9 @@ impl EmbeddedStore {
             privacy_zones: ks("privacy_zones")?,
             fields: ks("activity_fields")?,
             courses: ks("courses")?,
+            devices: ks("devices")?,
+            device_keys: ks("device_keys")?,
+            devices_by_owner: ks("devices_by_owner")?,
             db,
         })
     }
@@ -464,6 +474,56 @@ impl PointStore for EmbeddedStore {
 }
 
 const ROUTE_PREALLOC: usize = 1024;
+
+#[async_trait]
+impl DeviceStore for EmbeddedStore {
+    async fn put_device(&self, device: &Device) -> StoreResult<()> {
+        let value = serde_json::to_vec(device).map_err(corrupt)?;
+        let (this, id, owner, key) = (self.clone(), device.id, device.owner_id, device.key_hash);
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.insert(&this.devices, id.as_bytes().to_vec(), value);
+            batch.insert(&this.device_keys, key.to_vec(), id.as_bytes().to_vec());
+            batch.insert(&this.devices_by_owner, pair(owner, id).to_vec(), []);
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn device_by_key(&self, key_hash: [u8; 32]) -> StoreResult<Option<Device>> {
+        get_by_token(self.device_keys.clone(), self.devices.clone(), key_hash).await
+    }
+
+    async fn devices_of(&self, owner: Uuid) -> StoreResult<Vec<Device>> {
+        let this = self.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for kv in this.devices_by_owner.prefix(owner.as_bytes()) {
+                let key = kv.key()?;
+                let id = Uuid::from_slice(&key[16..]).map_err(corrupt)?;
+                if let Some(v) = this.devices.get(id.as_bytes())? {
+                    out.push(serde_json::from_slice(&v).map_err(corrupt)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_device(&self, device: &Device) -> StoreResult<()> {
+        let (this, id, owner, key) = (self.clone(), device.id, device.owner_id, device.key_hash);
+        blocking(move || {
+            let mut batch = this.db.batch();
+            batch.remove(&this.device_keys, key.to_vec());
+            batch.remove(&this.devices, id.as_bytes().to_vec());
+            batch.remove(&this.devices_by_owner, pair(owner, id).to_vec());
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+}
 
 #[async_trait]
 impl CourseStore for EmbeddedStore {

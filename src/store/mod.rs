@@ -329,6 +329,33 @@ pub trait FieldStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<FieldValue>>;
 }
 
+/// A phone's tracker app, allowed to post one athlete's fixes with its key
+/// (stored only as its SHA-256, like tokens).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    /// The type of the activities it starts.
+    pub activity_type: crate::domain::ActivityType,
+    #[serde(serialize_with = "serialize_ms", deserialize_with = "deserialize_ms")]
+    pub created_at: Millis,
+    pub key_hash: [u8; 32],
+    /// Its automatic activity, while one is open.
+    #[serde(default)]
+    pub current_activity: Option<Uuid>,
+}
+
+#[async_trait]
+pub trait DeviceStore: Send + Sync + 'static {
+    /// Creates or updates the device (and its key and owner indexes).
+    async fn put_device(&self, device: &Device) -> StoreResult<()>;
+    async fn device_by_key(&self, key_hash: [u8; 32]) -> StoreResult<Option<Device>>;
+    async fn devices_of(&self, owner: Uuid) -> StoreResult<Vec<Device>>;
+    /// Removes the device and its key: the key stops working at once.
+    async fn delete_device(&self, device: &Device) -> StoreResult<()>;
+}
+
 /// Athletes' own courses (the catalogue's live in memory, `catalogue`).
 #[async_trait]
 pub trait CourseStore: Send + Sync + 'static {
@@ -344,6 +371,7 @@ pub struct Persistence {
     pub points: Arc<dyn PointStore>,
     pub fields: Arc<dyn FieldStore>,
     pub courses: Arc<dyn CourseStore>,
+    pub devices: Arc<dyn DeviceStore>,
 }
 
 impl Persistence {

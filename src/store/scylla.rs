@@ -48,8 +48,9 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::{
-    ActivityStore, BoxError, CourseStore, FieldStore, FieldValue, HistoryKey, PointStore,
-    RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity, skip_corrupt,
+    ActivityStore, BoxError, CourseStore, Device, DeviceStore, FieldStore, FieldValue, HistoryKey,
+    PointStore, RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity,
+    skip_corrupt,
 };
 use crate::config::ScyllaArgs;
 use crate::domain::course::Course;
@@ -201,6 +202,15 @@ struct Statements {
     select_field_series: PreparedStatement,
     select_field_range: PreparedStatement,
     insert_course: PreparedStatement,
+    insert_device: PreparedStatement,
+    insert_device_key: PreparedStatement,
+    insert_device_by_owner: PreparedStatement,
+    select_device: PreparedStatement,
+    select_device_by_key: PreparedStatement,
+    select_devices_of: PreparedStatement,
+    delete_device: PreparedStatement,
+    delete_device_key: PreparedStatement,
+    delete_device_by_owner: PreparedStatement,
     select_course: PreparedStatement,
     select_privacy_zones: PreparedStatement,
     insert_activity: PreparedStatement,
@@ -297,6 +307,34 @@ impl Statements {
                  WHERE athlete_id = ? AND field = ? AND started_at >= ? AND started_at < ?"
             ))
             .await?,
+            insert_device: prepare(format!(
+                "INSERT INTO {ks}.devices (id, owner_id, doc) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            insert_device_key: prepare(format!(
+                "INSERT INTO {ks}.device_keys (key_hash, device_id) VALUES (?, ?)"
+            ))
+            .await?,
+            insert_device_by_owner: prepare(format!(
+                "INSERT INTO {ks}.devices_by_owner (owner_id, device_id) VALUES (?, ?)"
+            ))
+            .await?,
+            select_device: prepare(format!("SELECT doc FROM {ks}.devices WHERE id = ?")).await?,
+            select_device_by_key: prepare(format!(
+                "SELECT device_id FROM {ks}.device_keys WHERE key_hash = ?"
+            ))
+            .await?,
+            select_devices_of: prepare(format!(
+                "SELECT device_id FROM {ks}.devices_by_owner WHERE owner_id = ?"
+            ))
+            .await?,
+            delete_device: prepare(format!("DELETE FROM {ks}.devices WHERE id = ?")).await?,
+            delete_device_key: prepare(format!("DELETE FROM {ks}.device_keys WHERE key_hash = ?"))
+                .await?,
+            delete_device_by_owner: prepare(format!(
+                "DELETE FROM {ks}.devices_by_owner WHERE owner_id = ? AND device_id = ?"
+            ))
+            .await?,
             insert_course: prepare(format!(
                 "INSERT INTO {ks}.courses (id, owner_id, doc) VALUES (?, ?, ?)"
             ))
@@ -351,8 +389,8 @@ impl Statements {
             .await?,
             insert_point: prepare(format!(
                 "INSERT INTO {ks}.points \
-                 (activity_id, ts, lat, lng, alt, speed, accuracy, hr, cadence) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 (activity_id, ts, lat, lng, alt, speed, accuracy, hr, cadence, battery) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
             select_point: prepare(format!(
@@ -360,7 +398,7 @@ impl Statements {
             ))
             .await?,
             select_points: prepare(format!(
-                "SELECT ts, lat, lng, alt, speed, accuracy, hr, cadence FROM {ks}.points \
+                "SELECT ts, lat, lng, alt, speed, accuracy, hr, cadence, battery FROM {ks}.points \
                  WHERE activity_id = ?"
             ))
             .await?,
@@ -384,6 +422,7 @@ type PointRow = (
     Option<f64>,
     Option<i32>,
     Option<i32>,
+    Option<i32>,
 );
 
 type PointValues = (
@@ -394,6 +433,7 @@ type PointValues = (
     MaybeUnset<f64>,
     MaybeUnset<f64>,
     MaybeUnset<f64>,
+    MaybeUnset<i32>,
     MaybeUnset<i32>,
     MaybeUnset<i32>,
 );
@@ -727,6 +767,7 @@ impl PointStore for ScyllaStore {
                 unset(p.accuracy),
                 unset(p.hr.map(i32::from)),
                 unset(p.cadence.map(i32::from)),
+                unset(p.battery.map(i32::from)),
             ));
         }
         let mut batches: Vec<Vec<PointValues>> = Vec::new();
@@ -783,7 +824,8 @@ impl PointStore for ScyllaStore {
         let rows = result.into_rows_result().map_err(backend)?;
         let mut out = Vec::with_capacity(rows.rows_num());
         for row in rows.rows::<PointRow>().map_err(corrupt)? {
-            let (ts, lat, lng, alt, speed, accuracy, hr, cadence) = row.map_err(corrupt)?;
+            let (ts, lat, lng, alt, speed, accuracy, hr, cadence, battery) =
+                row.map_err(corrupt)?;
             let small = |v: Option<i32>| v.and_then(|v| u16::try_from(v).ok());
             out.push(Point {
                 ts: ts.0,
@@ -794,6 +836,7 @@ impl PointStore for ScyllaStore {
                 accuracy,
                 hr: small(hr),
                 cadence: small(cadence),
+                battery: battery.and_then(|v| u8::try_from(v).ok()),
             });
         }
         let next = match next {
@@ -823,6 +866,63 @@ fn visibility_from(name: &str) -> StoreResult<Visibility> {
         "friends" => Ok(Visibility::Friends),
         "public" => Ok(Visibility::Public),
         other => Err(corrupt(format!("visibility {other}"))),
+    }
+}
+
+impl ScyllaStore {
+    async fn device(&self, id: Uuid) -> StoreResult<Option<Device>> {
+        let row: Option<(String,)> = self.one_row(&self.q.select_device, (id,)).await?;
+        row.map(|(doc,)| serde_json::from_str(&doc).map_err(corrupt))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl DeviceStore for ScyllaStore {
+    async fn put_device(&self, device: &Device) -> StoreResult<()> {
+        let doc = serde_json::to_string(device).map_err(corrupt)?;
+        // Three partitions: the key row last, so a key never names a
+        // device that is not there.
+        self.execute(&self.q.insert_device, (device.id, device.owner_id, doc))
+            .await?;
+        self.execute(&self.q.insert_device_by_owner, (device.owner_id, device.id))
+            .await?;
+        self.execute(&self.q.insert_device_key, (&device.key_hash[..], device.id))
+            .await
+            .map(|_| ())
+    }
+
+    async fn device_by_key(&self, key_hash: [u8; 32]) -> StoreResult<Option<Device>> {
+        let row: Option<(Uuid,)> = self
+            .one_row(&self.q.select_device_by_key, (&key_hash[..],))
+            .await?;
+        match row {
+            Some((id,)) => self.device(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn devices_of(&self, owner: Uuid) -> StoreResult<Vec<Device>> {
+        let rows: Vec<(Uuid,)> = self
+            .first_rows(&self.q.select_devices_of, (owner,), 1_000)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id,) in rows {
+            if let Some(device) = self.device(id).await? {
+                out.push(device);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_device(&self, device: &Device) -> StoreResult<()> {
+        // The key first: it stops working before anything else goes.
+        self.execute(&self.q.delete_device_key, (&device.key_hash[..],))
+            .await?;
+        self.execute(&self.q.delete_device, (device.id,)).await?;
+        self.execute(&self.q.delete_device_by_owner, (device.owner_id, device.id))
+            .await
+            .map(|_| ())
     }
 }
 

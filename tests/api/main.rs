@@ -2,6 +2,7 @@
 //! One binary, one module per capability.
 
 mod activities;
+mod apps;
 mod cluster;
 mod courses;
 mod durability;

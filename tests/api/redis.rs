@@ -45,6 +45,7 @@ fn p(ts: i64) -> Point {
         accuracy: Some(3.0),
         hr: Some(150),
         cadence: None,
+        battery: None,
     }
 }
 

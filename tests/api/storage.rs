@@ -64,6 +64,7 @@ fn point(ts: i64, i: usize) -> Point {
         accuracy: Some(4.0),
         hr: i.is_multiple_of(4).then_some(151),
         cadence: None,
+        battery: i.is_multiple_of(5).then_some(77),
     }
 }
 
@@ -193,6 +194,47 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
     store.courses.put_course(&course).await.unwrap();
     assert_eq!(store.courses.course(course.id).await.unwrap(), Some(course));
     covered.push("courses");
+
+    // Devices: by key, by owner, updated, deleted with their key.
+    let mut device = trailcast::store::Device {
+        id: Uuid::now_v7(),
+        owner_id: user.id,
+        name: "Pixel".into(),
+        activity_type: ActivityType::Run,
+        created_at: 1_700_000_000_000,
+        key_hash: [9u8; 32],
+        current_activity: None,
+    };
+    store.devices.put_device(&device).await.unwrap();
+    assert_eq!(
+        store.devices.device_by_key([9u8; 32]).await.unwrap(),
+        Some(device.clone())
+    );
+    assert!(
+        store
+            .devices
+            .device_by_key([8u8; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    device.current_activity = Some(Uuid::now_v7());
+    store.devices.put_device(&device).await.unwrap();
+    assert_eq!(
+        store.devices.devices_of(user.id).await.unwrap(),
+        [device.clone()]
+    );
+    store.devices.delete_device(&device).await.unwrap();
+    assert!(
+        store
+            .devices
+            .device_by_key([9u8; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.devices.devices_of(user.id).await.unwrap().is_empty());
+    covered.push("devices");
 
     // Field series: one partition per athlete and field, newest first, a
     // time range, overwrite, delete.
@@ -527,6 +569,7 @@ async fn storage_contract_on_the_embedded_store() {
         points: Arc::new(db.clone()),
         fields: Arc::new(db.clone()),
         courses: Arc::new(db.clone()),
+        devices: Arc::new(db.clone()),
     };
     let server = Server {
         name: "the embedded store".into(),
@@ -551,7 +594,8 @@ async fn storage_contract_on_scylla() {
         activities: db.clone(),
         points: db.clone(),
         fields: db.clone(),
-        courses: db,
+        courses: db.clone(),
+        devices: db,
     };
     let server = Server {
         name: cql.name(),

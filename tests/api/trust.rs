@@ -139,7 +139,10 @@ async fn a_stored_record_with_null_numbers_is_read_listed_and_discardable() {
     assert_eq!(status, StatusCode::OK, "{view}");
     // Read again, with the live statistics recomputed from the stored track.
     finite_stats(&view["stats"]);
-    assert!(view["stats"]["distance_m"].as_f64().unwrap() > 100.0, "{view}");
+    assert!(
+        view["stats"]["distance_m"].as_f64().unwrap() > 100.0,
+        "{view}"
+    );
     let (status, mine) = again.get("/v1/activities", &ann.token).await;
     assert_eq!(status, StatusCode::OK, "{mine}");
     let ids: Vec<&str> = mine["items"]

@@ -1,12 +1,12 @@
 // Service worker: keeps the app shell (pages, scripts, styles, Leaflet) in a
 // cache so the runner page opens without network. API calls (/v1/...) are
 // never cached: points wait in IndexedDB, not here.
-const CACHE = 'trailcast-shell-v2';
+const CACHE = 'trailcast-shell-v3';
 const SHELL = [
   '/', '/index.html', '/runner.html', '/watch.html', '/activity.html', '/app.css', '/icon.svg',
   '/manifest.webmanifest', '/js/api.js', '/js/map.js', '/js/outbox.js', '/js/runner.js',
   '/js/watch.js', '/js/home.js', '/js/activity.js', '/js/charts.js', '/js/coach.js',
-  '/vendor/leaflet/leaflet.js', '/vendor/leaflet/leaflet.css',
+  '/vendor/leaflet/leaflet.js', '/vendor/leaflet/leaflet.css', '/vendor/qrcode/qrcode.js',
 ];
 
 self.addEventListener('install', (event) => {

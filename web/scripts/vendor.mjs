@@ -1,5 +1,6 @@
-// Copies Leaflet's dist files from node_modules into app/vendor/leaflet,
-// where the server embeds them. Run after changing the leaflet version:
+// Copies Leaflet's dist files (app/vendor/leaflet) and the QR code
+// generator (app/vendor/qrcode) from node_modules to where the server embeds
+// them. Run after changing a version:
 //   npm install && npm run vendor
 // The copy is committed, so building the server needs no npm.
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
@@ -13,3 +14,9 @@ rmSync(to, { recursive: true, force: true });
 mkdirSync(to, { recursive: true });
 for (const f of ['leaflet.js', 'leaflet.css', 'images']) cpSync(path.join(from, f), path.join(to, f), { recursive: true });
 console.log(`leaflet copied to ${path.relative(web, to)}`);
+const qr = path.join(web, 'app', 'vendor', 'qrcode');
+rmSync(qr, { recursive: true, force: true });
+mkdirSync(qr, { recursive: true });
+cpSync(path.join(web, 'node_modules', 'qrcode-generator', 'qrcode.js'), path.join(qr, 'qrcode.js'));
+// MIT licence: see the header of qrcode.js.
+console.log(`qrcode-generator copied to ${path.relative(web, qr)}`);

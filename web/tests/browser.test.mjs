@@ -531,3 +531,43 @@ test('home, activity and runner pages, second pass: header, invites, live map, s
     await browser.closeAndClean();
   }
 });
+
+test('devices: add one, see its key and each app\'s settings with a QR code, revoke it', async () => {
+  const ivy = await call('POST', '/v1/users', { body: { name: 'Ivy' } });
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    await signInContext(browser, ivy);
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.goto(`${server.base}/#devices`);
+    await page.waitForSelector('#device-list li');
+    await page.fill('#add-device input[name=name]', 'Ivy\'s phone');
+    await page.selectOption('#add-device select[name=type]', 'RIDE');
+    await page.click('#add-device button');
+    await page.waitForSelector('#new-device:not([hidden])');
+    const key = (await page.textContent('#device-key')).trim();
+    assert.match(key, /^tc_[0-9a-f]{64}$/);
+    for (const app of ['owntracks', 'overland', 'traccar', 'gpslogger']) {
+      const url = await page.inputValue(`#device-setup tr[data-app=${app}] input`);
+      assert.ok(url.startsWith(`${server.base}/ingest/${app}/${key}`), url);
+      assert.equal(await page.locator(`#device-setup tr[data-app=${app}] .qr svg`).count(), 1, `${app} QR code`);
+    }
+    await page.screenshot({ path: path.join(artifacts, 'devices.png'), fullPage: true });
+    // The GPSLogger URL works as the app fills it in.
+    const template = await page.inputValue('#device-setup tr[data-app=gpslogger] input');
+    const filled = template.replace('%LAT', '52.5').replace('%LON', '13.4').replace('%TIME', encodeURIComponent(new Date().toISOString()))
+      .replace('%ALT', '30').replace('%ACC', '5').replace('%SPD', '3').replace('%DIR', '0').replace('%BATT', '80');
+    assert.equal((await fetch(filled)).status, 200);
+    await page.reload();
+    await page.waitForSelector('#device-list li[data-device] a', { timeout: 15000 });
+    assert.match(await page.textContent('#device-list'), /Ivy's phone.*RIDE.*live now/s);
+    page.once('dialog', (d) => d.accept());
+    await page.click('#device-list li[data-device] button.revoke');
+    await page.waitForFunction(() => /No devices yet/.test(document.getElementById('device-list').textContent));
+    assert.equal((await fetch(filled)).status, 401, 'revoked at once');
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});

@@ -55,6 +55,59 @@ async function loadLive() {
   map.fitBounds(L.featureGroup(markers).getBounds(), { padding: [40, 40], maxZoom: 15 });
 }
 
+// --- Devices: phones' tracker apps ---------------------------------------
+
+const APPS = [
+  ['OwnTracks', 'owntracks', 'Preferences → Connection: Mode HTTP, URL below (leave user and password empty); Monitoring: move.'],
+  ['Overland', 'overland', 'Settings → Receiver Endpoint: the URL below; tracking mode high, batch size up to 1000.'],
+  ['Traccar Client', 'traccar', 'Server URL: the URL below; frequency 2–5 s; any device identifier.'],
+  ['GPSLogger', 'gpslogger', 'Logging details → Log to custom URL: the URL below, HTTP method GET; logging interval 2–5 s.'],
+];
+
+/** An inline SVG QR code of `text`, so the phone's camera can take the URL. */
+function qr(text) {
+  const box = el('span', { class: 'qr', role: 'img', 'aria-label': 'QR code of this URL' });
+  if (typeof window.qrcode !== 'function') return box;
+  const code = window.qrcode(0, 'M');
+  code.addData(text);
+  code.make();
+  box.innerHTML = code.createSvgTag({ cellSize: 3, margin: 2, scalable: true });
+  return box;
+}
+
+async function loadDevices() {
+  const { items } = await api('/v1/devices');
+  $('device-list').replaceChildren(...(items.length
+    ? items.map((d) => el('li', { 'data-device': d.id },
+      el('b', {}, d.name), el('span', { class: 'muted' }, d.type),
+      d.current_activity ? el('a', { href: `/watch.html?activity=${d.current_activity}` }, 'live now') : '',
+      el('button', { class: 'revoke', type: 'button', onclick: () => revokeDevice(d) }, 'Revoke')))
+    : [el('li', { class: 'muted' }, 'No devices yet.')]));
+}
+
+async function revokeDevice(d) {
+  if (!confirm(`Revoke "${d.name}"? Its app can no longer upload.`)) return;
+  try { await api(`/v1/devices/${d.id}`, { method: 'DELETE' }); } catch (e) { $('friend-status').textContent = human(e); }
+  $('new-device').hidden = true;
+  await loadDevices();
+}
+
+$('add-device').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  try {
+    const d = await api('/v1/devices', { method: 'POST', body: { name: form.get('name'), type: form.get('type') } });
+    $('device-key').textContent = d.key;
+    $('device-setup').querySelector('tbody').replaceChildren(...APPS.map(([name, app, how]) => el('tr', { 'data-app': app },
+      el('td', {}, name),
+      el('td', {}, el('p', {}, how), el('input', { value: d.urls[app], readonly: '', size: '60', 'aria-label': `${name} URL` })),
+      el('td', {}, qr(d.urls[app])))));
+    $('new-device').hidden = false;
+    ev.target.reset();
+    await loadDevices();
+  } catch (e) { $('friend-status').textContent = human(e); }
+});
+
 /** `?invite=USER_ID`: offer to add whoever shared their invite link. */
 async function offerInvite() {
   const inviter = new URLSearchParams(location.search).get('invite');
@@ -86,7 +139,7 @@ async function showSignedIn() {
   const { items } = await api('/v1/friends');
   for (const f of items) names.set(f.id, f.name);
   $('friend-list').replaceChildren(...(items.length ? items.map((f) => el('li', {}, f.name)) : [el('li', { class: 'muted' }, 'No friends yet.')]));
-  await Promise.all([loadLive(), pager('mine'), pager('friends'), offerInvite()]);
+  await Promise.all([loadLive(), pager('mine'), pager('friends'), offerInvite(), loadDevices()]);
 }
 
 $('signup').addEventListener('submit', async (ev) => {

@@ -104,6 +104,23 @@ pub struct Config {
     /// no fix has arrived for this long (`20m`, `90s`, `1h` or seconds).
     #[arg(long, env = "TRAILCAST_AUTO_FINISH_AFTER", default_value = "20m", value_parser = parse_duration_ms)]
     pub auto_finish_after: i64,
+    /// Most open HTTP connections; one more is closed at once.
+    #[arg(long, env = "TRAILCAST_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// A client must send a whole request head within this (and a
+    /// kept-alive connection idle this long is closed).
+    #[arg(long, env = "TRAILCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration_ms)]
+    pub header_timeout: i64,
+    /// On shutdown, how long in-flight requests may take before the
+    /// connections still open are dropped.
+    #[arg(long, env = "TRAILCAST_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration_ms)]
+    pub shutdown_grace: i64,
+    /// Sign-ups per minute from one address (sustained) before 429.
+    #[arg(long, env = "TRAILCAST_SIGNUP_RATE", default_value_t = 6.0)]
+    pub signup_rate: f64,
+    /// Sign-ups one address may make at once.
+    #[arg(long, env = "TRAILCAST_SIGNUP_BURST", default_value_t = 20.0)]
+    pub signup_burst: f64,
     /// Requests per second per token (sustained) before 429.
     #[arg(long, env = "TRAILCAST_RATE_LIMIT", default_value_t = 20.0)]
     pub rate_limit: f64,

@@ -25,6 +25,7 @@ pub mod formats;
 pub mod http;
 pub mod ingest;
 pub mod live;
+pub mod serve;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
@@ -34,7 +35,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -95,7 +95,12 @@ pub async fn run(
         config.rate_limit,
         config.rate_burst,
     ));
+    let signups = Arc::new(http::ratelimit::RateLimiter::new(
+        config.signup_rate / 60.0,
+        config.signup_burst,
+    ));
     let mut sweepers = backends.sweepers.clone();
+    sweepers.push(signups.clone());
     sweepers.push(tracker.clone());
     sweepers.push(limiter.clone());
     let rules = Arc::new(http::privacy::RulesCache::default());
@@ -111,6 +116,7 @@ pub async fn run(
         metrics: telemetry::metrics_handle(),
         live: live::LiveHub::new(backends.recent.clone(), clock, closing_rx.clone()),
         limiter,
+        signups,
         leaderboard: backends.leaderboard.clone(),
         registry: backends.registry.clone(),
         audience: backends.audience.clone(),
@@ -119,6 +125,7 @@ pub async fn run(
         devices,
         shutdown: closing_rx,
     };
+    let closing_rx_for_http = ctx.shutdown.clone();
     let app = http::router(ctx);
     tracing::info!(addr = %listener.local_addr()?, "trailcast listening");
     let http_stop = {
@@ -129,13 +136,13 @@ pub async fn run(
             let _ = closing_tx.send(true);
         }
     };
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-        let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SOCKET_SEND_BUFFER);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(http_stop)
-        .await?;
+    tokio::spawn(http_stop);
+    let limits = serve::Limits {
+        max_connections: config.max_connections,
+        header_timeout: Duration::from_millis(config.header_timeout as u64),
+        shutdown_grace: Duration::from_millis(config.shutdown_grace as u64),
+    };
+    serve::serve(listener, app, limits, closing_rx_for_http).await?;
 
     let _ = closing_tx.send(true);
     let _ = drain_tx.send(true);

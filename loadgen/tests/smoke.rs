@@ -20,6 +20,9 @@ async fn a_short_run_loses_no_acknowledged_point() {
     config.data_dir = tmp.path().to_path_buf();
     config.redis_url = None;
     config.scylla.nodes = Vec::new();
+    // The fleet signs up from one address.
+    config.signup_rate = 1e9;
+    config.signup_burst = 1e9;
     let listener = TcpListener::bind(config.listen).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();

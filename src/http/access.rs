@@ -106,6 +106,10 @@ impl FromRequestParts<ApiContext> for Viewer {
             .share_by_token(hash_token(token))
             .await?
             .ok_or(ApiError::NotFound)?;
+        // Share-link watchers have no token of their own: one bucket per link.
+        ctx.limiter
+            .check(share.id)
+            .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
         Ok(Viewer::Share(share))
     }
 }

@@ -109,7 +109,7 @@ async fn create(
     let name = body.name.trim();
     if name.is_empty()
         || name.chars().count() > MAX_DEVICE_NAME
-        || name.chars().any(char::is_control)
+        || name.chars().any(super::users::unsafe_char)
     {
         return Err(ApiError::invalid(
             "invalid_name",

@@ -24,6 +24,9 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// A conflict with a code of its own.
+    #[error("{message}")]
+    ConflictWith { code: &'static str, message: String },
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
     #[error("the request body is larger than this endpoint takes ({0} bytes)")]
@@ -39,6 +42,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    pub fn invalid_state(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::ConflictWith {
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::Invalid {
             code,
@@ -52,6 +62,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "illegal_state_change"),
+            ApiError::ConflictWith { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
@@ -118,6 +129,10 @@ impl From<IngestError> for ApiError {
             IngestError::Transition(e) => ApiError::invalid("invalid_at", e.to_string()),
             IngestError::QueueFull(_) => ApiError::Overloaded { retry_after_s: 1 },
             IngestError::Store(e) => e.into(),
+            IngestError::Discarded => ApiError::invalid_state(
+                "activity_discarded",
+                "the activity was discarded: it takes no more points",
+            ),
             IngestError::Fields(e) => {
                 let code = match e {
                     crate::domain::fields::FieldsError::TooMany => "too_many_fields",

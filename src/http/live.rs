@@ -632,6 +632,9 @@ async fn liveness(mut incoming: SplitStream<WebSocket>, tx: &mpsc::Sender<Messag
         tokio::select! {
             message = incoming.next() => match message {
                 Some(Ok(Message::Close(_))) | None => return End::Close(1000, "bye"),
+                // A frame over the size limit: say so (1009), as RFC 6455
+                // asks, rather than dropping the connection.
+                Some(Err(e)) if too_big(&e) => return End::Close(1009, "message too big"),
                 // Reading also flushes pending writes: a peer whose write
                 // buffer overflowed fails here, as a consumer too slow.
                 Some(Err(_)) => return End::TooSlow,
@@ -647,6 +650,13 @@ async fn liveness(mut incoming: SplitStream<WebSocket>, tx: &mpsc::Sender<Messag
             }
         }
     }
+}
+
+/// Whether a read failed because the peer sent a frame or message over
+/// the limit (tungstenite's capacity error).
+fn too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
 
 /// The access part: the viewer's lease in the audience, the activity's

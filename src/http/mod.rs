@@ -22,7 +22,7 @@ mod points;
 pub mod privacy;
 pub mod ratelimit;
 mod shares;
-mod users;
+pub mod users;
 mod views;
 mod web;
 
@@ -65,6 +65,8 @@ pub struct ApiContext {
     pub metrics: PrometheusHandle,
     pub live: Arc<LiveHub>,
     pub limiter: Arc<ratelimit::RateLimiter>,
+    /// Sign-ups per client address.
+    pub signups: Arc<ratelimit::RateLimiter>,
     pub leaderboard: Arc<dyn crate::store::leaderboard::Leaderboard>,
     pub registry: Arc<dyn crate::store::registry::LiveRegistry>,
     pub audience: Arc<dyn crate::store::audience::Audience>,

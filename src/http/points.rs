@@ -10,7 +10,8 @@
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::views::{PointsReply, Rejection};
@@ -21,43 +22,47 @@ pub fn router() -> Router<ApiContext> {
     Router::new().route("/v1/activities/{id}/points", post(post_points))
 }
 
-fn decode(value: Value) -> Result<Fix, RejectCode> {
-    serde_json::from_value::<PointInput>(value)
+/// A point from its own JSON text: typed, so a duplicated key is refused
+/// (as in every other body) rather than silently keeping the last value.
+fn decode(raw: &RawValue) -> Result<Fix, RejectCode> {
+    serde_json::from_str::<PointInput>(raw.get())
         .map_err(|_| RejectCode::InvalidPoint)?
         .to_fix()
+}
+
+/// Whether the body is a batch: its `points`, if it has that key.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    points: Option<&'a RawValue>,
 }
 
 async fn post_points(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
     Path(id): Path<Uuid>,
-    Json(body): Json<Value>,
+    Json(body): Json<Box<RawValue>>,
 ) -> Result<Json<PointsReply>, ApiError> {
-    let (inputs, single) = match body {
-        Value::Object(mut obj) if obj.contains_key("points") => match obj.remove("points") {
-            Some(Value::Array(points)) => {
-                if points.len() > MAX_POINTS_PER_REQUEST {
-                    return Err(ApiError::invalid(
-                        "too_many_points",
-                        format!("at most {MAX_POINTS_PER_REQUEST} points per request"),
-                    ));
-                }
-                (points.into_iter().map(decode).collect::<Vec<_>>(), false)
-            }
-            _ => {
+    let not_a_body = || {
+        ApiError::invalid(
+            "invalid_body",
+            "expected a point object or {\"points\": [...]}",
+        )
+    };
+    let probe: Probe = serde_json::from_str(body.get()).map_err(|_| not_a_body())?;
+    let (inputs, single) = match probe.points {
+        Some(points) => {
+            let points: Vec<&RawValue> = serde_json::from_str(points.get())
+                .map_err(|_| ApiError::invalid("invalid_body", "`points` must be an array"))?;
+            if points.len() > MAX_POINTS_PER_REQUEST {
                 return Err(ApiError::invalid(
-                    "invalid_body",
-                    "`points` must be an array",
+                    "too_many_points",
+                    format!("at most {MAX_POINTS_PER_REQUEST} points per request"),
                 ));
             }
-        },
-        Value::Object(obj) => (vec![decode(Value::Object(obj))], true),
-        _ => {
-            return Err(ApiError::invalid(
-                "invalid_body",
-                "expected a point object or {\"points\": [...]}",
-            ));
+            (points.into_iter().map(decode).collect::<Vec<_>>(), false)
         }
+        None => (vec![decode(&body)], true),
     };
 
     // Once the points are durable, the running statistics and the live

@@ -1,6 +1,9 @@
 //! Sign-up and the caller's identity.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,6 +16,14 @@ use super::{ApiContext, ApiError, AuthUser, hash_token};
 use crate::store::User;
 
 pub const MAX_NAME_CHARS: usize = 64;
+
+/// Characters a name shown to others must not hold: controls, and the
+/// bidirectional overrides and isolates that make text display as
+/// something else than it is.
+pub fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
 
 pub fn router() -> Router<ApiContext> {
     Router::new()
@@ -29,13 +40,16 @@ struct NewUser {
 
 async fn create_user(
     State(ctx): State<ApiContext>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Json(body): Json<NewUser>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(unsafe_char) {
         return Err(ApiError::invalid(
             "invalid_name",
-            format!("name must be 1 to {MAX_NAME_CHARS} characters"),
+            format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters, without control or text-direction characters"
+            ),
         ));
     }
     let region = body
@@ -50,6 +64,17 @@ async fn create_user(
             "invalid_region",
             "region must be up to 32 letters, digits or dashes (e.g. DE-BE)",
         ));
+    }
+    // Each sign-up is a fresh token (and a fresh rate-limit bucket), so
+    // sign-ups themselves are limited per client address.
+    if let Some(Extension(ConnectInfo(addr))) = peer {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        ctx.signups
+            .check(Uuid::from_u128(u128::from(ip)))
+            .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
     }
     let user = User {
         id: Uuid::now_v7(),

@@ -55,6 +55,9 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Fields(#[from] FieldsError),
+    /// Points for an activity the athlete discarded.
+    #[error("the activity was discarded")]
+    Discarded,
 }
 
 /// An activity with its track summary as of now.
@@ -351,6 +354,9 @@ impl Tracker {
         fixes: Vec<Result<Fix, RejectCode>>,
     ) -> Result<IngestOutcome, IngestError> {
         let mut hot = self.lock_owned(owner, id).await?;
+        if hot.activity.state == ActivityState::Discarded {
+            return Err(IngestError::Discarded);
+        }
         let now = self.clock.now_ms();
         let window = hot.activity.point_window(now);
 

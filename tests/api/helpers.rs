@@ -47,6 +47,8 @@ pub fn test_config(data_dir: PathBuf) -> Config {
     // Tests drive one token hard; the limit has its own test.
     config.rate_limit = 1e6;
     config.rate_burst = 1e6;
+    config.signup_rate = 1e9;
+    config.signup_burst = 1e6;
     config
 }
 

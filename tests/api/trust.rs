@@ -231,3 +231,259 @@ async fn a_client_that_hangs_up_after_sending_still_gets_its_points_applied() {
     assert_eq!(retry["duplicates"], 5_000);
     assert_eq!(retry["stats"]["points"], 5_000, "the retry sees them too");
 }
+
+/// Reads until the server closes the connection; `true` if it did within
+/// `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    let app = crate::helpers::spawn_app_with(|c| c.header_timeout = 500).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // One header line every 200 ms, never the blank line that ends the head.
+    let trickle = async {
+        for i in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), trickle)
+            .await
+            .unwrap_or(false),
+        "the server kept a trickling client for 10 s"
+    );
+    // Everyone else is served.
+    let (status, _) = app.call(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let app = crate::helpers::spawn_app_with(|c| c.max_connections = 3).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2)).await,
+        "a fourth connection is closed"
+    );
+    drop(idle);
+    // Once they are gone there is room again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ok = app
+            .client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after the idle ones left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        app.metrics()
+            .await
+            .contains("trailcast_http_connections_refused_total")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_slow_client_past_the_grace_period() {
+    let mut app = crate::helpers::spawn_app_with(|c| {
+        c.shutdown_grace = 1_000;
+        c.header_timeout = 60_000;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/noop HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), app.shutdown())
+        .await
+        .expect("shutdown finished")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slow);
+}
+
+#[tokio::test]
+async fn smaller_defences_hold() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.signup_rate = 0.001;
+        c.signup_burst = 1.0;
+    })
+    .await;
+    let ann = app.user("Ann").await;
+    let id = app.start(&ann, json!({"type": "RUN"})).await;
+    let path = format!("/v1/activities/{id}");
+
+    // A point with a duplicated key is refused, not silently the last value.
+    let t = app.now_ms();
+    let dup = format!(r#"{{"points": [{{"ts": {t}, "lat": 48.0, "lat": 49.0, "lng": 11.0}}]}}"#);
+    let resp = app
+        .client
+        .post(format!("{}{path}/points", app.base))
+        .bearer_auth(&ann.token)
+        .header("content-type", "application/json")
+        .body(dup)
+        .send()
+        .await
+        .unwrap();
+    let reply: Value = resp.json().await.unwrap();
+    assert_eq!(reply["rejected"][0]["code"], "invalid_point", "{reply}");
+    assert_eq!(reply["accepted"], 0);
+
+    // A WebSocket message over 64 KiB: close 1009, not a dropped connection.
+    let mut ws = crate::live::connect(&app, &id, &format!("lag=5&token={}", ann.token)).await;
+    crate::live::next_json(&mut ws, Duration::from_secs(5))
+        .await
+        .unwrap();
+    ws.send(Message::Text("x".repeat(70 * 1024).into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::live::close_reason(&mut ws, Duration::from_secs(5)).await,
+        (1009, "message too big".into())
+    );
+
+    // Names with control or text-direction characters are refused.
+    for name in ["Ann\u{202E}gnp.exe", "Bob\u{0007}", "Eve\u{2066}x"] {
+        let (status, reply) = app
+            .call(
+                reqwest::Method::POST,
+                "/v1/users",
+                None,
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), &reply["error"]["code"]),
+            (422, &json!("invalid_name"))
+        );
+    }
+
+    // No more points once discarded.
+    app.patch(&path, &ann.token, json!({"state": "DISCARDED"}))
+        .await;
+    let (status, reply) = app
+        .post_points(
+            &ann,
+            &id,
+            json!({"ts": app.now_ms(), "lat": 48.0, "lng": 11.0}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &reply["error"]["code"]),
+        (409, &json!("activity_discarded"))
+    );
+
+    // Sign-ups per address: a burst of one (Ann's; the refused names above
+    // did not count), then 429 with Retry-After.
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let resp = app
+            .client
+            .post(format!("{}/v1/users", app.base))
+            .json(&json!({"name": format!("User {i}")}))
+            .send()
+            .await
+            .unwrap();
+        codes.push((
+            resp.status().as_u16(),
+            resp.headers().contains_key("retry-after"),
+        ));
+    }
+    assert!(codes.iter().all(|(s, _)| *s == 429), "{codes:?}");
+    assert!(codes.iter().all(|(_, r)| *r));
+}
+
+/// A 24-hour activity at one point per second (86,400 points) is watched
+/// over a WebSocket: the catch-up comes in chunks, every point once, in
+/// order, and the socket stays open.
+#[tokio::test]
+async fn a_day_long_activity_is_caught_up_over_a_websocket() {
+    const N: usize = 86_400;
+    let app = spawn_app().await;
+    let ann = app.user("Ann").await;
+    let t0 = app.now_ms() - 25 * 3_600_000;
+    let id = app
+        .start(&ann, json!({"type": "HIKE", "started_at": t0}))
+        .await;
+    let all = track(t0 + 1_000, N, 1_000, 1.2);
+    for batch in all.chunks(10_000) {
+        let (status, reply) = app.post_points(&ann, &id, json!({"points": batch})).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    let mut ws = crate::live::connect(&app, &id, &format!("lag=5&token={}", ann.token)).await;
+    let first = crate::live::next_json(&mut ws, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(first["type"], "catch_up");
+    let mut ts: Vec<String> = Vec::with_capacity(N);
+    let take = |m: &Value, ts: &mut Vec<String>| {
+        for p in m["points"].as_array().unwrap() {
+            ts.push(p["ts"].as_str().unwrap().to_string());
+        }
+    };
+    take(&first, &mut ts);
+    let mut more = first["more"] == true;
+    let mut messages = 1;
+    while more || ts.len() < N {
+        let m = crate::live::next_json(&mut ws, Duration::from_secs(30))
+            .await
+            .expect("the socket stays open through the catch-up");
+        // Points that arrived within the lag come as ordinary releases.
+        if m["type"] == "points" {
+            take(&m, &mut ts);
+            messages += 1;
+            more = ts.len() < N;
+        }
+    }
+    assert_eq!(ts.len(), N);
+    let expected: Vec<String> = all
+        .iter()
+        .map(|p| trailcast::domain::time::to_rfc3339(p["ts"].as_i64().unwrap()))
+        .collect();
+    assert!(ts == expected, "every point once, in time order");
+    assert!(messages > 100, "in chunks: {messages} messages");
+}

@@ -262,6 +262,8 @@ async fn remove(
     AuthUser(me): AuthUser,
     Path((id, user)): Path<(Uuid, Uuid)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Whose it is first: a stranger learns nothing, not even that it exists.
+    ctx.tracker.owned(me.id, id).await?;
     if user == me.id {
         return Err(ApiError::invalid(
             "invalid_viewer",

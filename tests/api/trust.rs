@@ -487,3 +487,125 @@ async fn a_day_long_activity_is_caught_up_over_a_websocket() {
     assert!(ts == expected, "every point once, in time order");
     assert!(messages > 100, "in chunks: {messages} messages");
 }
+
+/// A stranger with a valid token walks every endpoint that names someone
+/// else's things: everything private answers 404, exactly as for ids that
+/// do not exist, and nothing changes.
+#[tokio::test]
+async fn a_stranger_reaches_nothing_private() {
+    use reqwest::Method as M;
+    let app = spawn_app().await;
+    let (ann, sam) = (app.user("Ann").await, app.user("Sam").await);
+    let id = app.start(&ann, json!({"type": "RUN"})).await;
+    app.post_points(
+        &ann,
+        &id,
+        json!({"ts": app.now_ms(), "lat": 48.0, "lng": 11.0}),
+    )
+    .await;
+    let (_, course) = app
+        .post(
+            "/v1/courses",
+            &ann.token,
+            json!({"name": "Mine", "visibility": "friends",
+                   "steps": [{"kind": "run", "duration_s": 60, "cue": "Go"}]}),
+        )
+        .await;
+    let (_, share) = app
+        .post("/v1/shares", &ann.token, json!({"activity_id": id}))
+        .await;
+    let (_, device) = app
+        .post("/v1/devices", &ann.token, json!({"name": "Phone"}))
+        .await;
+    let course = course["id"].as_str().unwrap();
+    let share = share["id"].as_str().unwrap();
+    let device = device["id"].as_str().unwrap();
+    let walk: Vec<(M, String, Option<Value>)> = vec![
+        (M::GET, format!("/v1/activities/{id}"), None),
+        (
+            M::PATCH,
+            format!("/v1/activities/{id}"),
+            Some(json!({"state": "DISCARDED"})),
+        ),
+        (
+            M::PATCH,
+            format!("/v1/activities/{id}"),
+            Some(json!({"visibility": "public"})),
+        ),
+        (
+            M::POST,
+            format!("/v1/activities/{id}/points"),
+            Some(json!({"ts": app.now_ms(), "lat": 1, "lng": 1})),
+        ),
+        (M::GET, format!("/v1/activities/{id}/route"), None),
+        (
+            M::GET,
+            format!("/v1/activities/{id}/route?format=gpx"),
+            None,
+        ),
+        (
+            M::GET,
+            format!("/v1/activities/{id}/route?format=tcx"),
+            None,
+        ),
+        (
+            M::GET,
+            format!("/v1/activities/{id}/route?format=geojson"),
+            None,
+        ),
+        (M::GET, format!("/v1/activities/{id}/live"), None),
+        (
+            M::PUT,
+            format!("/v1/activities/{id}/fields"),
+            Some(json!({"rpe": 1})),
+        ),
+        (M::GET, format!("/v1/activities/{id}/viewers"), None),
+        (
+            M::DELETE,
+            format!("/v1/activities/{id}/viewers/{}", sam.id),
+            None,
+        ),
+        (
+            M::PUT,
+            format!("/v1/activities/{id}/viewers/{}", sam.id),
+            None,
+        ),
+        (M::GET, format!("/v1/courses/{course}"), None),
+        (M::DELETE, format!("/v1/shares/{share}"), None),
+        (M::DELETE, format!("/v1/devices/{device}"), None),
+    ];
+    for (method, path, body) in walk {
+        let (status, reply) = app
+            .call(method.clone(), &path, Some(&sam.token), body)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {reply}");
+        assert_eq!(reply["error"]["code"], "not_found", "{method} {path}");
+    }
+    let ws = tokio_tungstenite::connect_async(crate::live::ws_url(
+        &app,
+        &id,
+        &format!("token={}", sam.token),
+    ))
+    .await;
+    assert!(ws.is_err(), "no WebSocket either");
+    let (_, series) = app
+        .get(
+            &format!("/v1/athletes/{}/fields/distance_m", ann.id),
+            &sam.token,
+        )
+        .await;
+    assert_eq!(series["items"], json!([]));
+    let (_, live) = app.get("/v1/live", &sam.token).await;
+    assert_eq!(live["items"], json!([]));
+    let (_, feed) = app.get("/v1/activities?mode=friends", &sam.token).await;
+    assert_eq!(feed["items"], json!([]));
+    // Nothing changed for Ann.
+    let (status, view) = app.get(&format!("/v1/activities/{id}"), &ann.token).await;
+    assert_eq!(
+        (status, view["state"].as_str(), view["visibility"].as_str()),
+        (StatusCode::OK, Some("STARTED"), Some("friends"))
+    );
+    assert_eq!(view["stats"]["points"], 1);
+    let (_, devices) = app.get("/v1/devices", &ann.token).await;
+    assert_eq!(devices["items"].as_array().unwrap().len(), 1);
+}

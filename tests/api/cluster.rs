@@ -57,8 +57,16 @@ async fn poll_until_finished(node: &TestApp, id: &str, token: &str) -> Vec<i64> 
     }
 }
 
-#[tokio::test]
-async fn an_athlete_posting_to_node_a_is_watched_through_node_b() {
+/// Two server processes sharing one CQL keyspace (kassandra in this
+/// process, or the cluster in `SCYLLA_NODES`) and one Redis prefix; the
+/// processes end when this is dropped.
+pub(crate) struct TwoNodes {
+    pub a: TestApp,
+    pub b: TestApp,
+    _processes: (tokio::process::Child, tokio::process::Child),
+}
+
+pub(crate) async fn two_nodes() -> TwoNodes {
     let cql = cql_server();
     let (keyspace, _) = cql.keyspace().await;
     println!("two nodes on {}, keyspace {keyspace}", cql.name());
@@ -76,9 +84,19 @@ async fn an_athlete_posting_to_node_a_is_watched_through_node_b() {
         "--redis-prefix",
         &prefix,
     ];
-    let (_node_a, base_a) = start_binary(&args).await;
-    let (_node_b, base_b) = start_binary(&args).await;
-    let (a, b) = (TestApp::at(base_a), TestApp::at(base_b));
+    let (node_a, base_a) = start_binary(&args).await;
+    let (node_b, base_b) = start_binary(&args).await;
+    TwoNodes {
+        a: TestApp::at(base_a),
+        b: TestApp::at(base_b),
+        _processes: (node_a, node_b),
+    }
+}
+
+#[tokio::test]
+async fn an_athlete_posting_to_node_a_is_watched_through_node_b() {
+    let nodes = two_nodes().await;
+    let (a, b) = (&nodes.a, &nodes.b);
 
     // Accounts and friendship, each made on a different node.
     let ann = a.user("Ann").await;
@@ -105,7 +123,7 @@ async fn an_athlete_posting_to_node_a_is_watched_through_node_b() {
 
     // Bob watches through B: a WebSocket, and a poller; Ann herself polls
     // through A.
-    let mut ws = connect(&b, &id, &format!("lag={LAG_S}&token={}", bob.token)).await;
+    let mut ws = connect(b, &id, &format!("lag={LAG_S}&token={}", bob.token)).await;
     assert_eq!(
         next_json(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
         "catch_up"

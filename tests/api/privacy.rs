@@ -7,9 +7,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, cql_server, spawn_app, start_binary};
+use crate::helpers::{TestApp, TestUser, spawn_app};
 use crate::live::{Ws, close_reason, connect, next_json};
-use crate::redis::{SHARED_REDIS, prefix};
 
 /// Metres per degree of latitude.
 const M_PER_DEG: f64 = 111_195.0;
@@ -381,26 +380,8 @@ async fn making_a_live_activity_private_closes_friends_sockets_at_once() {
 /// socket on node B within two seconds (real time: separate processes).
 #[tokio::test]
 async fn viewers_are_seen_and_removed_across_nodes() {
-    let cql = cql_server();
-    let (keyspace, _) = cql.keyspace().await;
-    println!("two nodes on {}, keyspace {keyspace}", cql.name());
-    let prefix = prefix();
-    let nodes = cql.nodes.join(",");
-    let args = [
-        "--rate-limit",
-        "1000000",
-        "--scylla-nodes",
-        &nodes,
-        "--scylla-keyspace",
-        &keyspace,
-        "--redis-url",
-        SHARED_REDIS,
-        "--redis-prefix",
-        &prefix,
-    ];
-    let (_node_a, base_a) = start_binary(&args).await;
-    let (_node_b, base_b) = start_binary(&args).await;
-    let (a, b) = (TestApp::at(base_a), TestApp::at(base_b));
+    let nodes = crate::cluster::two_nodes().await;
+    let (a, b) = (&nodes.a, &nodes.b);
     let (ann, bob, cid) = (
         a.user("Ann").await,
         a.user("Bob").await,
@@ -410,8 +391,8 @@ async fn viewers_are_seen_and_removed_across_nodes() {
     a.befriend(&ann, &cid).await;
     let id = a.start(&ann, json!({"type": "RUN"})).await;
 
-    let (mut bob_ws, _) = ws_catch_up(&b, &id, &bob.token).await;
-    let (cid_ws, _) = ws_catch_up(&a, &id, &cid.token).await;
+    let (mut bob_ws, _) = ws_catch_up(b, &id, &bob.token).await;
+    let (cid_ws, _) = ws_catch_up(a, &id, &cid.token).await;
     let viewers = format!("/v1/activities/{id}/viewers");
     for node in [&a, &b] {
         let (status, list) = node.get(&viewers, &ann.token).await;

@@ -19,7 +19,8 @@ export async function startServer() {
   const targetDir = process.env.CARGO_TARGET_DIR ? path.resolve(root, process.env.CARGO_TARGET_DIR) : path.join(root, 'target');
   const bin = process.env.TRAILCAST_BIN || path.join(targetDir, 'debug', 'trailcast');
   const dataDir = mkdtempSync(path.join(tmpdir(), 'trailcast-web-'));
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir], {
+  // Every test user signs up from this one address.
+  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--signup-burst', '1000'], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
   });

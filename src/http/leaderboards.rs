@@ -46,7 +46,11 @@ async fn leaderboard(
     );
     let top = ctx.leaderboard.top(&board, limit).await?;
     let mut items = Vec::with_capacity(top.len());
-    for (i, (athlete, distance_m)) in top.into_iter().enumerate() {
+    // An athlete whose contributions were all taken back (activities made
+    // private) stays a member at 0 m: not shown. Scores only fall to 0 at
+    // the end of the board, so ranks stay consecutive.
+    let top = top.into_iter().filter(|(_, d)| *d >= 0.05);
+    for (i, (athlete, distance_m)) in top.enumerate() {
         let name = ctx.store.users.user(athlete).await?.map(|u| u.name);
         items.push(json!({
             "rank": i + 1,

@@ -289,6 +289,11 @@ impl Tracker {
         if next.visibility != hot.activity.visibility || next.fields != *old {
             self.index_fields(&next).await?;
         }
+        if next.visibility != hot.activity.visibility {
+            // Made private: its distance leaves the boards; made visible
+            // again: it comes back (a failure stays owed, as at COMPLETE).
+            self.outbox.count_on_leaderboards(&mut next).await;
+        }
         self.store.activities.put_activity(&next).await?;
         hot.activity = next;
         hot.touched = now;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::hot::{Hot, HotActivities};
 use crate::clock::Clock;
 use crate::domain::time::Millis;
-use crate::domain::{Activity, ActivityState};
+use crate::domain::{Activity, ActivityState, Visibility};
 use crate::store::leaderboard::{Board, Leaderboard};
 use crate::store::registry::LiveRegistry;
 use crate::store::{Persistence, RecentItem, RecentStore, read_track};
@@ -116,7 +116,13 @@ impl Outbox {
         if activity.state != ActivityState::Complete {
             return;
         }
-        let delta = activity.track.distance_m - activity.leaderboard_m;
+        // A private activity is the athlete's alone: it counts nothing (and
+        // what it counted while it was not private is taken back).
+        let target = match activity.visibility {
+            Visibility::Private => 0.0,
+            _ => activity.track.distance_m,
+        };
+        let delta = target - activity.leaderboard_m;
         if delta.abs() < 0.05 {
             return;
         }
@@ -139,7 +145,7 @@ impl Outbox {
             .await
         {
             Ok(()) => {
-                activity.leaderboard_m = activity.track.distance_m;
+                activity.leaderboard_m = target;
                 self.settle_part(activity.id, |d| d.leaderboard = false);
             }
             Err(e) => {

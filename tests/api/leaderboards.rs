@@ -169,3 +169,41 @@ async fn a_finished_activity_counts_exactly_once_on_redis() {
     .await;
     completed_run_counts_exactly_once(&app).await;
 }
+
+/// A private activity's distance is never on a board with the athlete's
+/// name; made visible later it counts, made private again it leaves.
+#[tokio::test]
+async fn private_activities_stay_off_the_boards() {
+    let app = spawn_app().await;
+    let (ann, bob) = (app.user("Ann").await, app.user("Bob").await);
+    let t0 = app.now_ms() - 600_000;
+    let id = app
+        .start(
+            &ann,
+            json!({"type": "RUN", "started_at": t0, "visibility": "private"}),
+        )
+        .await;
+    app.post_points(
+        &ann,
+        &id,
+        json!({"points": crate::helpers::track(t0 + 1_000, 200, 1_000, 3.0)}),
+    )
+    .await;
+    let path = format!("/v1/activities/{id}");
+    let (status, _) = app
+        .patch(&path, &ann.token, json!({"state": "COMPLETE"}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let board = "/v1/leaderboards/RUN?window=all";
+    let (_, seen) = app.get(board, &bob.token).await;
+    assert_eq!(seen["items"], json!([]), "{seen}");
+    app.patch(&path, &ann.token, json!({"visibility": "public"}))
+        .await;
+    let (_, seen) = app.get(board, &bob.token).await;
+    assert_eq!(seen["items"][0]["athlete"]["id"], ann.id.as_str(), "{seen}");
+    assert!(seen["items"][0]["distance_m"].as_f64().unwrap() > 500.0);
+    app.patch(&path, &ann.token, json!({"visibility": "private"}))
+        .await;
+    let (_, seen) = app.get(board, &bob.token).await;
+    assert_eq!(seen["items"], json!([]), "name and distance gone: {seen}");
+}

@@ -118,6 +118,7 @@ pub async fn run(
         limiter,
         signups,
         leaderboard: backends.leaderboard.clone(),
+        boards: Arc::default(),
         registry: backends.registry.clone(),
         audience: backends.audience.clone(),
         rules,

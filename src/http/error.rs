@@ -35,6 +35,14 @@ pub enum ApiError {
     RateLimited { retry_after_s: u32 },
     #[error("server is busy; retry later")]
     Overloaded { retry_after_s: u32 },
+    /// A part the request needs is down or not ready: 503 with its own
+    /// code and Retry-After.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after_s: u32,
+    },
     /// A failure of ours: logged with its cause chain, shown to the client
     /// only as "internal error".
     #[error("internal error")]
@@ -66,6 +74,7 @@ impl ApiError {
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -90,7 +99,9 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Overloaded { retry_after_s } | ApiError::RateLimited { retry_after_s } => {
+            ApiError::Overloaded { retry_after_s }
+            | ApiError::RateLimited { retry_after_s }
+            | ApiError::Unavailable { retry_after_s, .. } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, retry_after_s.into());

@@ -15,7 +15,7 @@ mod error;
 mod fields;
 mod friends;
 mod import;
-mod leaderboards;
+pub mod leaderboards;
 mod live;
 mod ops;
 mod points;
@@ -68,6 +68,8 @@ pub struct ApiContext {
     /// Sign-ups per client address.
     pub signups: Arc<ratelimit::RateLimiter>,
     pub leaderboard: Arc<dyn crate::store::leaderboard::Leaderboard>,
+    /// Leaderboard rebuilds running on this node.
+    pub boards: Arc<leaderboards::Rebuilds>,
     pub registry: Arc<dyn crate::store::registry::LiveRegistry>,
     pub audience: Arc<dyn crate::store::audience::Audience>,
     /// Audience settings and privacy filters of recently watched activities.

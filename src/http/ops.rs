@@ -61,6 +61,9 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
                 "persistence": {"backend": ctx.store.backend(), "status": if store_ok { "up" } else { "down" }},
                 "recent_positions": {"backend": ctx.recent.backend(), "status": if recent_ok { "up" } else { "down" },
                                      "unpublished_activities": ctx.tracker.unpublished_len()},
+                // Activities whose publish, registry or leaderboard update
+                // failed and is being retried (`ingest::outbox`).
+                "owed_activities": ctx.tracker.owed_len(),
                 "write_queue": {"queued_points": queued, "capacity_points": capacity,
                                 "status": if queue_ok { "up" } else { "saturated" }},
             }

@@ -108,10 +108,10 @@ impl Outbox {
         }
     }
 
-    /// Brings a completed activity's leaderboard contribution up to its
-    /// distance by adding only the difference (see `store::leaderboard`).
-    /// If that fails the difference stays owed (also across a restart,
-    /// since the stored record keeps what was added).
+    /// Sets a completed activity's leaderboard contribution to its distance
+    /// (0 if private); the board adds only the difference, idempotently
+    /// (see `store::leaderboard`). If that fails it stays owed (also across
+    /// a restart, since the stored record keeps what was last set).
     pub async fn count_on_leaderboards(&self, activity: &mut Activity) {
         if activity.state != ActivityState::Complete {
             return;
@@ -122,8 +122,7 @@ impl Outbox {
             Visibility::Private => 0.0,
             _ => activity.track.distance_m,
         };
-        let delta = target - activity.leaderboard_m;
-        if delta.abs() < 0.05 {
+        if (target - activity.leaderboard_m).abs() < 0.05 {
             return;
         }
         let region = match self.store.users.user(activity.athlete_id).await {
@@ -141,7 +140,7 @@ impl Outbox {
         );
         match self
             .leaderboard
-            .add(&boards, activity.athlete_id, delta)
+            .set(&boards, activity.athlete_id, activity.id, target)
             .await
         {
             Ok(()) => {

@@ -39,8 +39,8 @@ use uuid::Uuid;
 
 use super::{
     ActivityStore, BoxError, CourseStore, Device, DeviceStore, FieldStore, FieldValue, HistoryKey,
-    PointStore, RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity,
-    skip_corrupt,
+    PointStore, RouteCursor, ScanCursor, Share, StoreError, StoreResult, User, UserStore,
+    decode_activity, skip_corrupt,
 };
 use crate::domain::course::Course;
 use crate::domain::time::Millis;
@@ -379,6 +379,34 @@ impl ActivityStore for EmbeddedStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn scan_activities(
+        &self,
+        after: Option<ScanCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Activity>, Option<ScanCursor>)> {
+        let records = self.activities.clone();
+        blocking(move || {
+            let iter = match after {
+                Some(ScanCursor(key)) => {
+                    records.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+                }
+                None => records.range::<Vec<u8>, _>(..),
+            };
+            let (mut out, mut last, mut read) = (Vec::with_capacity(limit), None, 0);
+            for kv in iter.take(limit) {
+                let (key, value) = kv.into_inner()?;
+                last = Some(ScanCursor(key.to_vec()));
+                read += 1;
+                match decode_activity(&value, "fjall") {
+                    Ok(activity) => out.push(activity),
+                    Err(e) => skip_corrupt(&e),
+                }
+            }
+            Ok((out, if read == limit { last } else { None }))
         })
         .await
     }

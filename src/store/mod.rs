@@ -228,6 +228,10 @@ pub struct Share {
     pub token_hash: [u8; 32],
 }
 
+/// Where a scan of every activity goes on (opaque to callers).
+#[derive(Debug, Clone)]
+pub struct ScanCursor(pub Vec<u8>);
+
 #[async_trait]
 pub trait ActivityStore: Send + Sync + 'static {
     /// Which backend this is, for `/readyz` (`embedded`, `scylla`).
@@ -243,6 +247,15 @@ pub trait ActivityStore: Send + Sync + 'static {
         after: Option<HistoryKey>,
         limit: usize,
     ) -> StoreResult<Vec<Activity>>;
+    /// One page (at most `limit`) of every stored activity, in the
+    /// backend's order, after the page `after` ended; the position the next
+    /// page starts from, `None` at the end. For rebuilding what is derived
+    /// from activities (leaderboards); unreadable records are skipped.
+    async fn scan_activities(
+        &self,
+        after: Option<ScanCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Activity>, Option<ScanCursor>)>;
     async fn put_share(&self, share: &Share) -> StoreResult<()>;
     async fn share(&self, id: Uuid) -> StoreResult<Option<Share>>;
     async fn share_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<Share>>;

@@ -49,8 +49,8 @@ use uuid::Uuid;
 
 use super::{
     ActivityStore, BoxError, CourseStore, Device, DeviceStore, FieldStore, FieldValue, HistoryKey,
-    PointStore, RouteCursor, Share, StoreError, StoreResult, User, UserStore, decode_activity,
-    skip_corrupt,
+    PointStore, RouteCursor, ScanCursor, Share, StoreError, StoreResult, User, UserStore,
+    decode_activity, skip_corrupt,
 };
 use crate::config::ScyllaArgs;
 use crate::domain::course::Course;
@@ -216,6 +216,7 @@ struct Statements {
     insert_activity: PreparedStatement,
     insert_history: PreparedStatement,
     select_activity: PreparedStatement,
+    scan_activities: PreparedStatement,
     select_history: PreparedStatement,
     select_history_after: PreparedStatement,
     insert_share: PreparedStatement,
@@ -351,6 +352,9 @@ impl Statements {
             .await?,
             select_activity: prepare(format!("SELECT doc FROM {ks}.activities WHERE id = ?"))
                 .await?,
+            // A full scan, paged: only for rebuilding leaderboards after
+            // Redis lost them (see `store::leaderboard`).
+            scan_activities: prepare(format!("SELECT doc FROM {ks}.activities")).await?,
             select_history: prepare(format!(
                 "SELECT doc FROM {ks}.activities_by_athlete WHERE athlete_id = ?"
             ))
@@ -665,6 +669,33 @@ impl ActivityStore for ScyllaStore {
     async fn activity(&self, id: Uuid) -> StoreResult<Option<Activity>> {
         let row: Option<(String,)> = self.one_row(&self.q.select_activity, (id,)).await?;
         row.map(|(doc,)| activity_from(&doc)).transpose()
+    }
+
+    async fn scan_activities(
+        &self,
+        after: Option<ScanCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Activity>, Option<ScanCursor>)> {
+        let state = match after {
+            Some(ScanCursor(bytes)) => PagingState::new_from_raw_bytes(bytes),
+            None => PagingState::start(),
+        };
+        let (result, next) = self.page(&self.q.scan_activities, (), limit, state).await?;
+        let rows = result.into_rows_result().map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.rows_num());
+        for row in rows.rows::<(String,)>().map_err(corrupt)? {
+            match row.map_err(corrupt).and_then(|(doc,)| activity_from(&doc)) {
+                Ok(activity) => out.push(activity),
+                Err(e) => skip_corrupt(&e),
+            }
+        }
+        let next = match next {
+            PagingStateResponse::HasMorePages { state } => state
+                .as_bytes_slice()
+                .map(|bytes| ScanCursor(bytes.to_vec())),
+            PagingStateResponse::NoMorePages => None,
+        };
+        Ok((out, next))
     }
 
     async fn history(

@@ -1,8 +1,11 @@
 //! Leaderboards: the contract on both backends, and exactly-once counting
 //! through the API (retried COMPLETE, late points).
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::helpers::now_ms;
@@ -11,17 +14,29 @@ use trailcast::store::leaderboard::{
     Board, Leaderboard, MemoryLeaderboard, RedisLeaderboard, Window,
 };
 
-use crate::helpers::{spawn_app, spawn_app_with, track};
-use crate::redis::{SHARED_REDIS, prefix, shared_redis};
+use crate::helpers::{TestApp, TestUser, spawn_app, spawn_app_with, spawn_on, track};
+use crate::redis::{SHARED_REDIS, free_port, prefix, shared_redis, start_redis};
 
 async fn leaderboard_contract(board: &dyn Leaderboard) {
     let now = now_ms();
     let boards = Board::all_for(ActivityType::Ride, now, Some("FR-IDF"));
     let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    board.add(&boards, a, 1000.0).await.unwrap();
-    board.add(&boards, b, 3000.0).await.unwrap();
-    board.add(&boards[..2], c, 2000.0).await.unwrap(); // week boards only
-    board.add(&boards, a, 500.5).await.unwrap();
+    let (a1, a2, b1, c1) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    board.set(&boards, a, a1, 1000.0).await.unwrap();
+    board.set(&boards, b, b1, 3000.0).await.unwrap();
+    board.set(&boards[..2], c, c1, 2000.0).await.unwrap(); // week boards only
+    board.set(&boards, a, a2, 500.5).await.unwrap();
+    // Repeated (a retry after a timeout, a rebuild beside live updates):
+    // nothing changes.
+    for _ in 0..3 {
+        board.set(&boards, a, a2, 500.5).await.unwrap();
+        board.set(&boards, b, b1, 3000.0).await.unwrap();
+    }
     let week = Board::new(ActivityType::Ride, Window::Week, now, None);
     assert_eq!(
         board.top(&week, 10).await.unwrap(),
@@ -41,12 +56,25 @@ async fn leaderboard_contract(board: &dyn Leaderboard) {
         board.top(&regional, 10).await.unwrap(),
         [(b, 3000.0), (a, 1500.5)]
     );
-    board.add(&boards, b, -2500.0).await.unwrap();
+    // A new amount replaces the old one (late points, a shortened track).
+    board.set(&boards, b, b1, 500.0).await.unwrap();
+    assert_eq!(board.rank(&week, b).await.unwrap(), Some((3, 500.0)));
+    // 0 takes the contribution back; an athlete left with nothing leaves.
+    board.set(&boards, b, b1, 0.0).await.unwrap();
+    board.set(&boards, b, b1, 0.0).await.unwrap();
+    assert_eq!(board.rank(&week, b).await.unwrap(), None);
     assert_eq!(
-        board.rank(&week, b).await.unwrap(),
-        Some((3, 500.0)),
-        "deltas may be negative"
+        board.top(&week, 10).await.unwrap(),
+        [(c, 2000.0), (a, 1500.5)]
     );
+
+    // The "built" mark covers a type, window and period, with its regions.
+    assert!(!board.is_built(&week).await.unwrap());
+    board.mark_built(&regional).await.unwrap();
+    let month = Board::new(ActivityType::Ride, Window::Month, now, None);
+    assert!(board.is_built(&month).await.unwrap());
+    assert!(board.is_built(&regional).await.unwrap());
+    assert!(!board.is_built(&week).await.unwrap());
 }
 
 #[tokio::test]
@@ -206,4 +234,163 @@ async fn private_activities_stay_off_the_boards() {
         .await;
     let (_, seen) = app.get(board, &bob.token).await;
     assert_eq!(seen["items"], json!([]), "name and distance gone: {seen}");
+}
+
+/// Ann's run of about 1.8 km, not finished yet.
+async fn run(app: &TestApp) -> (TestUser, String) {
+    let ann = app.user("Ann").await;
+    let t0 = app.now_ms() - 3_600_000;
+    let id = app
+        .start(&ann, json!({"type": "RUN", "started_at": t0}))
+        .await;
+    app.post_points(&ann, &id, json!({"points": track(t0, 201, 3000, 3.0)}))
+        .await;
+    (ann, id)
+}
+
+/// Finishes the run; returns its distance.
+async fn finish(app: &TestApp, ann: &TestUser, id: &str) -> f64 {
+    let (status, done) = app
+        .patch(
+            &format!("/v1/activities/{id}"),
+            &ann.token,
+            json!({"state": "COMPLETE"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    done["stats"]["distance_m"].as_f64().unwrap()
+}
+
+/// Ann's finished run; returns her and its distance.
+async fn finished_run(app: &TestApp) -> (TestUser, f64) {
+    let (ann, id) = run(app).await;
+    let distance = finish(app, &ann, &id).await;
+    (ann, distance)
+}
+
+/// Ann's distance on this week's run board, as `who` sees it.
+async fn on_board(app: &TestApp, who: &TestUser) -> (StatusCode, Value, Option<f64>) {
+    let (status, board) = app
+        .get("/v1/leaderboards/RUN?window=week", &who.token)
+        .await;
+    let d = board["items"][0]["distance_m"].as_f64();
+    (status, board, d)
+}
+
+/// The in-process boards live in memory: after a restart they are rebuilt
+/// from the stored activities on first read.
+#[tokio::test]
+async fn boards_are_rebuilt_from_stored_activities_after_a_restart() {
+    let mut app = spawn_app().await;
+    let (ann, distance) = finished_run(&app).await;
+    let (_, _, before) = on_board(&app, &ann).await;
+    assert_eq!(before, Some((distance * 10.0).round() / 10.0));
+    let keep = app.keep_data();
+    app.shutdown().await.unwrap();
+    let again = spawn_on(app.data_dir.clone(), |_| {}).await;
+    let (status, board, after) = on_board(&again, &ann).await;
+    assert_eq!(status, StatusCode::OK, "{board}");
+    assert_eq!(after, before, "{board}");
+    assert_eq!(board["me"]["rank"], 1);
+    drop(keep);
+}
+
+async fn owed_activities(app: &TestApp) -> u64 {
+    let (_, ready) = app.get("/readyz", "").await;
+    ready["checks"]["owed_activities"].as_u64().unwrap()
+}
+
+/// Its own Redis: stalled during COMPLETE (the write times out and is
+/// retried while Redis still holds the first one), then down (503, not
+/// 500), then back empty (the board is rebuilt, counted once).
+#[tokio::test]
+async fn boards_survive_a_redis_stall_an_outage_and_a_restart_empty() {
+    let port = free_port();
+    let mut redis = start_redis(port).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app_with(|c| c.redis_url = Some(url.clone())).await;
+    let bob = app.user("Bob").await;
+    let (ann, id) = run(&app).await;
+
+    // A 3 s stall: every try within it times out (500 ms) and is retried
+    // by the outbox each second; Redis applies them all afterwards.
+    let stall = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = ::redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            conn.set_response_timeout(Duration::from_secs(30));
+            ::redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(3)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        })
+    };
+    // COMPLETE once the stall has begun (a PING goes unanswered).
+    let probe = ::redis::Client::open(url.clone()).unwrap();
+    let mut probe = probe.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "Redis never stalled");
+        let ping = ::redis::cmd("PING");
+        let answer = ping.query_async::<()>(&mut probe);
+        if tokio::time::timeout(Duration::from_millis(100), answer)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let distance = finish(&app, &ann, &id).await;
+    stall.await.unwrap();
+    ::redis::cmd("PING")
+        .query_async::<()>(&mut probe)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while owed_activities(&app).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the leaderboard debt never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, board, counted) = on_board(&app, &bob).await;
+    assert_eq!(status, StatusCode::OK, "{board}");
+    assert_eq!(
+        counted,
+        Some((distance * 10.0).round() / 10.0),
+        "counted exactly once across the stall: {board}"
+    );
+
+    // Down: a clear 503 with Retry-After.
+    redis.kill().await.unwrap();
+    let response = app
+        .client
+        .get(format!("{}/v1/leaderboards/RUN", app.base))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "leaderboard_unavailable", "{body}");
+
+    // Back, empty: rebuilt from the stored activity, counted once.
+    let _redis = start_redis(port).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, board, rebuilt) = loop {
+        let answer = on_board(&app, &bob).await;
+        if answer.0 == StatusCode::OK || Instant::now() > deadline {
+            break answer;
+        }
+        // The connection manager reconnects on the next request.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, StatusCode::OK, "{board}");
+    assert_eq!(rebuilt, counted, "{board}");
+    assert_eq!(board["items"][0]["athlete"]["id"], ann.id.as_str());
 }

@@ -201,7 +201,7 @@ async fn live_registry_contract_on_redis() {
     registry_contract(&RedisRegistry::new(store.connection(), &prefix())).await;
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -209,7 +209,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_redis(port: u16) -> Child {
+pub async fn start_redis(port: u16) -> Child {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -220,6 +220,9 @@ async fn start_redis(port: u16) -> Child {
             "",
             "--appendonly",
             "no",
+            // DEBUG SLEEP stalls it in the leaderboard test.
+            "--enable-debug-command",
+            "yes",
         ])
         .stdout(Stdio::null())
         .kill_on_drop(true)

@@ -85,6 +85,11 @@ pub struct Config {
     /// Directory of the embedded store.
     #[arg(long, env = "TRAILCAST_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Free space (MiB) the embedded store keeps on its disk: below it,
+    /// writes are refused with 507 and `/readyz` says not ready, until
+    /// space returns.
+    #[arg(long, env = "TRAILCAST_MIN_FREE_DISK_MB", default_value_t = 64)]
+    pub min_free_disk_mb: u64,
     /// More course catalogue files (`*.json`), besides the shipped ones.
     #[arg(long, env = "TRAILCAST_COURSES_DIR")]
     pub courses_dir: Option<PathBuf>,

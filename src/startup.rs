@@ -108,7 +108,7 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let embedded = EmbeddedStore::open(&config.data_dir)
+    let embedded = EmbeddedStore::open(&config.data_dir, config.min_free_disk_mb << 20)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let store = Persistence {
         users: Arc::new(embedded.clone()),

@@ -43,6 +43,9 @@ pub enum ApiError {
         message: String,
         retry_after_s: u32,
     },
+    /// The store's disk is full: nothing was written.
+    #[error("the server's storage is full; nothing was written, retry later")]
+    StorageFull,
     /// A failure of ours: logged with its cause chain, shown to the client
     /// only as "internal error".
     #[error("internal error")]
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -106,6 +110,11 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, retry_after_s.into());
             }
+            ApiError::StorageFull => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            }
             _ => {}
         }
         response
@@ -126,7 +135,13 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(Box::new(e))
+        match e {
+            StoreError::Full { .. } => {
+                tracing::warn!(error = %chain(&e), "write refused: storage full");
+                ApiError::StorageFull
+            }
+            e => ApiError::Internal(Box::new(e)),
+        }
     }
 }
 

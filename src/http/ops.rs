@@ -33,11 +33,13 @@ async fn noop(Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
 
 async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
     let store_ok = ctx.store.activities.activity(Uuid::nil()).await.is_ok();
+    // A full disk takes the node out of rotation until space returns.
+    let store_full = ctx.store.activities.writable().is_err();
     let queued = ctx.batcher.queued_points();
     let capacity = ctx.batcher.capacity();
     // Above 90% the node is about to refuse points: take it out of rotation.
     let queue_ok = queued * 10 < capacity * 9;
-    let ready = store_ok && queue_ok;
+    let ready = store_ok && !store_full && queue_ok;
     // Recent positions only feed live watching: when they are down the node
     // still ingests and persists, so it stays in rotation, reported degraded.
     let recent_ok = matches!(
@@ -58,7 +60,11 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
                 (true, true) => "ready",
             },
             "checks": {
-                "persistence": {"backend": ctx.store.backend(), "status": if store_ok { "up" } else { "down" }},
+                "persistence": {"backend": ctx.store.backend(), "status": match (store_ok, store_full) {
+                    (false, _) => "down",
+                    (true, true) => "full",
+                    (true, false) => "up",
+                }},
                 "recent_positions": {"backend": ctx.recent.backend(), "status": if recent_ok { "up" } else { "down" },
                                      "unpublished_activities": ctx.tracker.unpublished_len()},
                 // Activities whose publish, registry or leaderboard update

@@ -529,7 +529,7 @@ mod tests {
     async fn catch_up_holds_everything_released_and_moves_the_cursor() {
         let f = Fixture::new().await;
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = EmbeddedStore::open(dir.path(), 0).unwrap();
         let t = f.now();
         f.arrive(&[RecentItem::Point(point(t)), RecentItem::Point(point(t + 1))])
             .await;

@@ -29,9 +29,21 @@
 //! the write-behind batcher with a whole group of requests, so one fsync
 //! covers many requests (group commit). fjall is synchronous, so each call
 //! runs on tokio's blocking pool.
+//!
+//! Disk full: fjall poisons itself for good at the first failed journal
+//! write, so the store never lets the disk get there. Every write first
+//! checks the free space of the data dir (`statvfs`, re-read at most every
+//! `SPACE_CHECK_EVERY`) and is refused with `StoreError::Full` (HTTP 507)
+//! while less than the reserve (`--min-free-disk`) is left; `/readyz` says
+//! not ready meanwhile. Nothing is written, so nothing acknowledged is
+//! lost, and writes resume by themselves once space returns. A failure
+//! that poisons fjall anyway (the reserve eaten between two checks) is
+//! reported as `Full` too; that store needs a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -46,8 +58,67 @@ use crate::domain::course::Course;
 use crate::domain::time::Millis;
 use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
+/// How often writes re-read the free space of the data dir.
+pub const SPACE_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Free space the store keeps in reserve by default (`--min-free-disk`).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
+/// The free-space guard of the data dir.
+struct Space {
+    dir: PathBuf,
+    min_free: u64,
+    opened: Instant,
+    /// When the space was last read (ms since `opened`, +1; 0: never).
+    checked_ms: AtomicU64,
+    full: AtomicBool,
+    free: AtomicU64,
+}
+
+impl Space {
+    fn check(&self) -> StoreResult<()> {
+        let now = self.opened.elapsed().as_millis() as u64 + 1;
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= SPACE_CHECK_EVERY.as_millis() as u64 {
+            self.checked_ms.store(now, Ordering::Relaxed);
+            match rustix::fs::statvfs(&self.dir) {
+                Ok(fs) => {
+                    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+                    self.free.store(free, Ordering::Relaxed);
+                    let full = free < self.min_free;
+                    if full != self.full.swap(full, Ordering::Relaxed) {
+                        match full {
+                            true => {
+                                tracing::error!(free_bytes = free, reserve_bytes = self.min_free, dir = %self.dir.display(), "data dir is full: refusing writes until space returns")
+                            }
+                            false => tracing::info!(
+                                free_bytes = free,
+                                "data dir has space again: taking writes"
+                            ),
+                        }
+                    }
+                    metrics::gauge!("trailcast_store_free_bytes").set(free as f64);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the data dir's free space"),
+            }
+        }
+        match self.full.load(Ordering::Relaxed) {
+            true => Err(StoreError::full(
+                "fjall",
+                format!(
+                    "{} bytes free in {}, below the reserve of {} bytes",
+                    self.free.load(Ordering::Relaxed),
+                    self.dir.display(),
+                    self.min_free
+                ),
+            )),
+            false => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    space: Arc<Space>,
     db: Database,
     users: Keyspace,
     tokens: Keyspace,
@@ -67,7 +138,15 @@ pub struct EmbeddedStore {
 
 impl From<fjall::Error> for StoreError {
     fn from(e: fjall::Error) -> Self {
-        StoreError::backend("fjall", e)
+        let full = match &e {
+            fjall::Error::Poisoned => true,
+            fjall::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        };
+        match full {
+            true => StoreError::full("fjall", e),
+            false => StoreError::backend("fjall", e),
+        }
     }
 }
 
@@ -184,10 +263,20 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl EmbeddedStore {
-    pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
+    /// Opens (or creates) the store in `dir`, keeping `min_free` bytes of
+    /// the disk free (writes are refused below that).
+    pub fn open(dir: &Path, min_free: u64) -> StoreResult<EmbeddedStore> {
         let db = Database::builder(dir).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         Ok(EmbeddedStore {
+            space: Arc::new(Space {
+                dir: dir.to_path_buf(),
+                min_free,
+                opened: Instant::now(),
+                checked_ms: AtomicU64::new(0),
+                full: AtomicBool::new(false),
+                free: AtomicU64::new(0),
+            }),
             users: ks("users")?,
             tokens: ks("tokens")?,
             friend_requests: ks("friend_requests")?,
@@ -223,6 +312,7 @@ impl EmbeddedStore {
         let value = serde_json::to_vec(record).map_err(corrupt)?;
         let (this, records, tokens) = (self.clone(), records.clone(), tokens.clone());
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             batch.insert(&records, id.as_bytes().to_vec(), value);
             batch.insert(&tokens, token_hash.to_vec(), id.as_bytes().to_vec());
@@ -256,6 +346,7 @@ impl UserStore for EmbeddedStore {
     async fn add_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<()> {
         let this = self.clone();
         blocking(move || {
+            this.space.check()?;
             this.friend_requests.insert(pair(from, to), [])?;
             this.sync()
         })
@@ -265,6 +356,7 @@ impl UserStore for EmbeddedStore {
     async fn remove_friendship(&self, a: Uuid, b: Uuid) -> StoreResult<()> {
         let this = self.clone();
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             batch.remove(&this.friend_requests, pair(a, b).to_vec());
             batch.remove(&this.friend_requests, pair(b, a).to_vec());
@@ -289,6 +381,7 @@ impl UserStore for EmbeddedStore {
         let value = serde_json::to_vec(zones).map_err(corrupt)?;
         let this = self.clone();
         blocking(move || {
+            this.space.check()?;
             this.privacy_zones.insert(user.as_bytes(), value)?;
             this.sync()
         })
@@ -316,11 +409,16 @@ impl ActivityStore for EmbeddedStore {
         "embedded"
     }
 
+    fn writable(&self) -> StoreResult<()> {
+        self.space.check()
+    }
+
     async fn put_activity(&self, activity: &Activity) -> StoreResult<()> {
         let this = self.clone();
         let value = serde_json::to_vec(activity).map_err(corrupt)?;
         let (id, athlete, at) = (activity.id, activity.athlete_id, HistoryKey::of(activity));
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             batch.insert(&this.activities, id.as_bytes().to_vec(), value);
             batch.insert(&this.by_athlete, history_key(athlete, at).to_vec(), vec![]);
@@ -429,6 +527,7 @@ impl ActivityStore for EmbeddedStore {
         let this = self.clone();
         let (id, hash) = (share.id, share.token_hash);
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             batch.remove(&this.shares, id.as_bytes().to_vec());
             batch.remove(&this.share_tokens, hash.to_vec());
@@ -444,6 +543,7 @@ impl PointStore for EmbeddedStore {
     async fn append_points(&self, points: Arc<Vec<(Uuid, Point)>>) -> StoreResult<()> {
         let this = self.clone();
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             for (activity, p) in points.iter() {
                 batch.insert(
@@ -509,6 +609,7 @@ impl DeviceStore for EmbeddedStore {
         let value = serde_json::to_vec(device).map_err(corrupt)?;
         let (this, id, owner, key) = (self.clone(), device.id, device.owner_id, device.key_hash);
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             batch.insert(&this.devices, id.as_bytes().to_vec(), value);
             batch.insert(&this.device_keys, key.to_vec(), id.as_bytes().to_vec());
@@ -542,6 +643,7 @@ impl DeviceStore for EmbeddedStore {
     async fn delete_device(&self, device: &Device) -> StoreResult<()> {
         let (this, id, owner, key) = (self.clone(), device.id, device.owner_id, device.key_hash);
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             batch.remove(&this.device_keys, key.to_vec());
             batch.remove(&this.devices, id.as_bytes().to_vec());
@@ -559,6 +661,7 @@ impl CourseStore for EmbeddedStore {
         let value = serde_json::to_vec(course).map_err(corrupt)?;
         let (this, id) = (self.clone(), course.id);
         blocking(move || {
+            this.space.check()?;
             this.courses.insert(id.as_bytes(), value)?;
             this.sync()
         })
@@ -589,6 +692,7 @@ impl FieldStore for EmbeddedStore {
             .collect();
         let this = self.clone();
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             for (key, value) in rows {
                 batch.insert(&this.fields, key, value);
@@ -611,6 +715,7 @@ impl FieldStore for EmbeddedStore {
             .collect();
         let this = self.clone();
         blocking(move || {
+            this.space.check()?;
             let mut batch = this.db.batch();
             for key in keys {
                 batch.remove(&this.fields, key);

@@ -47,11 +47,26 @@ pub enum StoreError {
         #[source]
         source: Cause,
     },
+    /// The disk under the store is (about to be) full: nothing was
+    /// written; retry when space returns.
+    #[error("{op}: storage is full")]
+    Full {
+        op: &'static str,
+        #[source]
+        source: Cause,
+    },
 }
 
 impl StoreError {
     pub fn backend(op: &'static str, cause: impl Into<BoxError>) -> StoreError {
         StoreError::Backend {
+            op,
+            source: Cause(Arc::from(cause.into())),
+        }
+    }
+
+    pub fn full(op: &'static str, cause: impl Into<BoxError>) -> StoreError {
+        StoreError::Full {
             op,
             source: Cause(Arc::from(cause.into())),
         }
@@ -69,6 +84,7 @@ impl StoreError {
         match self {
             StoreError::Backend { source, .. } => StoreError::Backend { op: name, source },
             StoreError::Corrupt { source, .. } => StoreError::Corrupt { op: name, source },
+            StoreError::Full { source, .. } => StoreError::Full { op: name, source },
         }
     }
 }
@@ -236,6 +252,10 @@ pub struct ScanCursor(pub Vec<u8>);
 pub trait ActivityStore: Send + Sync + 'static {
     /// Which backend this is, for `/readyz` (`embedded`, `scylla`).
     fn backend(&self) -> &'static str;
+    /// Whether writes can be taken now (`Full` when the disk is full).
+    fn writable(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Creates or replaces the activity record (and its history entry).
     async fn put_activity(&self, activity: &Activity) -> StoreResult<()>;
     async fn activity(&self, id: Uuid) -> StoreResult<Option<Activity>>;

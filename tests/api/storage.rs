@@ -583,7 +583,7 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
 #[tokio::test]
 async fn storage_contract_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    let db = EmbeddedStore::open(dir.path()).unwrap();
+    let db = EmbeddedStore::open(dir.path(), 0).unwrap();
     let store = Persistence {
         users: Arc::new(db.clone()),
         activities: Arc::new(db.clone()),

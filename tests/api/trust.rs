@@ -609,3 +609,155 @@ async fn a_stranger_reaches_nothing_private() {
     let (_, devices) = app.get("/v1/devices", &ann.token).await;
     assert_eq!(devices["items"].as_array().unwrap().len(), 1);
 }
+
+/// A tmpfs of its own, unmounted (lazily, so an open file cannot keep it)
+/// when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    /// Needs root to mount, as scripts/test and CI have here.
+    fn mount(mib: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        match status {
+            Ok(s) if s.success() => SmallDisk(dir),
+            other => panic!(
+                "this test fills a real disk: a {mib} MiB tmpfs, which needs root to mount ({other:?})"
+            ),
+        }
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let fs = rustix::fs::statvfs(self.0.path()).unwrap();
+        fs.f_bavail * fs.f_frsize
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+async fn ready_status(app: &TestApp) -> (StatusCode, Value) {
+    app.get("/readyz", "").await
+}
+
+/// Waits (bounded) until `/readyz` answers `want`: the store re-reads its
+/// free space every 250 ms.
+async fn until_ready_is(app: &TestApp, want: StatusCode) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = ready_status(app).await;
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A full disk: writes are refused with 507 `storage_full` (nothing
+/// written, nothing acknowledged lost), `/readyz` says not ready, and once
+/// space returns writes resume without a restart.
+#[tokio::test]
+async fn a_full_disk_refuses_writes_and_recovers_when_space_returns() {
+    let disk = SmallDisk::mount(128);
+    let app = spawn_on(disk.0.path().join("data"), |c| c.min_free_disk_mb = 48).await;
+    let ann = app.user("Ann").await;
+    let t0 = app.now_ms() - 600_000;
+    let id = app
+        .start(&ann, json!({"type": "RUN", "started_at": t0}))
+        .await;
+    let points = track(t0, 300, 1_000, 3.0);
+    let (status, body) = app
+        .post(
+            &format!("/v1/activities/{id}/points"),
+            &ann.token,
+            json!({"points": points[..100]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(100))
+    );
+
+    // Another program fills the disk up: no space left at all.
+    let filler = disk.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let full = loop {
+            if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+                break e;
+            }
+        };
+        assert_eq!(full.kind(), std::io::ErrorKind::StorageFull, "{full}");
+        assert!(disk.free_bytes() < 1 << 20);
+    }
+    let ready = until_ready_is(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(ready["checks"]["persistence"]["status"], "full", "{ready}");
+
+    let response = app
+        .client
+        .post(format!("{}/v1/activities/{id}/points", app.base))
+        .bearer_auth(&ann.token)
+        .json(&json!({"points": points[100..200]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "storage_full", "{body}");
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/users",
+            None,
+            Some(json!({"name": "Bob"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::INSUFFICIENT_STORAGE, &json!("storage_full"))
+    );
+    // What was acknowledged is all there, and readable.
+    let (status, route) = app
+        .get(&format!("/v1/activities/{id}/route"), &ann.token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{route}");
+    assert_eq!(
+        route["points"].as_array().map(Vec::len),
+        Some(100),
+        "{route}"
+    );
+
+    // Space returns: the same retry is taken, no restart.
+    std::fs::remove_file(&filler).unwrap();
+    until_ready_is(&app, StatusCode::OK).await;
+    let (status, body) = app
+        .post(
+            &format!("/v1/activities/{id}/points"),
+            &ann.token,
+            json!({"points": points[100..200]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(100)),
+        "{body}"
+    );
+    let (_, route) = app
+        .get(&format!("/v1/activities/{id}/route"), &ann.token)
+        .await;
+    assert_eq!(route["points"].as_array().map(Vec::len), Some(200));
+    assert!(!app.user("Bob").await.token.is_empty());
+}

@@ -14,6 +14,7 @@
 //! interleave with ingest. The map holds one small entry per activity in
 //! debt, so it is bounded by the activities written during an outage.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -24,6 +25,7 @@ use crate::clock::Clock;
 use crate::domain::time::Millis;
 use crate::domain::{Activity, ActivityState, Visibility};
 use crate::store::leaderboard::{Board, Leaderboard};
+use crate::store::recent::{RECENT_CAP, RECENT_WINDOW_MS};
 use crate::store::registry::LiveRegistry;
 use crate::store::{Persistence, RecentItem, RecentStore, read_track};
 
@@ -225,17 +227,34 @@ impl Outbox {
     /// Re-publishes what the recent store missed while it was down: the
     /// stored points from the earliest missed one on, then the current state
     /// and statistics.
+    ///
+    /// Exactly once for watchers: a write that timed out may still have
+    /// been applied (a stalled Redis runs it afterwards), so points the
+    /// stream already holds are left out. And from `RECENT_WINDOW_MS`
+    /// before the first miss: a Redis that restarted empty lost what it had
+    /// acknowledged just before it died.
     async fn backfill(&self, hot: &Hot, since: Millis) {
         let id = hot.activity.id;
         let mut items = Vec::new();
         if since != Millis::MAX {
+            let Ok(held) = self.recent.since(id, None, RECENT_CAP).await else {
+                return;
+            };
+            let held: HashSet<Millis> = held
+                .iter()
+                .filter_map(|e| match &e.item {
+                    RecentItem::Point(p) => Some(p.ts),
+                    _ => None,
+                })
+                .collect();
             let Ok(track) = read_track(self.store.points.as_ref(), id).await else {
                 return;
             };
+            let from = since.saturating_sub(RECENT_WINDOW_MS);
             items.extend(
                 track
                     .into_iter()
-                    .filter(|p| p.ts >= since)
+                    .filter(|p| p.ts >= from && !held.contains(&p.ts))
                     .map(RecentItem::Point),
             );
         }

@@ -15,7 +15,9 @@ use trailcast::store::leaderboard::{
 };
 
 use crate::helpers::{TestApp, TestUser, spawn_app, spawn_app_with, spawn_on, track};
-use crate::redis::{SHARED_REDIS, free_port, prefix, shared_redis, start_redis};
+use crate::redis::{
+    SHARED_REDIS, free_port, prefix, shared_redis, stall_redis, start_redis, until_settled,
+};
 
 async fn leaderboard_contract(board: &dyn Leaderboard) {
     let now = now_ms();
@@ -295,11 +297,6 @@ async fn boards_are_rebuilt_from_stored_activities_after_a_restart() {
     drop(keep);
 }
 
-async fn owed_activities(app: &TestApp) -> u64 {
-    let (_, ready) = app.get("/readyz", "").await;
-    ready["checks"]["owed_activities"].as_u64().unwrap()
-}
-
 /// Its own Redis: stalled during COMPLETE (the write times out and is
 /// retried while Redis still holds the first one), then down (503, not
 /// 500), then back empty (the board is rebuilt, counted once).
@@ -314,49 +311,10 @@ async fn boards_survive_a_redis_stall_an_outage_and_a_restart_empty() {
 
     // A 3 s stall: every try within it times out (500 ms) and is retried
     // by the outbox each second; Redis applies them all afterwards.
-    let stall = {
-        let url = url.clone();
-        tokio::spawn(async move {
-            let client = ::redis::Client::open(url).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            conn.set_response_timeout(Duration::from_secs(30));
-            ::redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg(3)
-                .query_async::<()>(&mut conn)
-                .await
-                .unwrap();
-        })
-    };
-    // COMPLETE once the stall has begun (a PING goes unanswered).
-    let probe = ::redis::Client::open(url.clone()).unwrap();
-    let mut probe = probe.get_multiplexed_async_connection().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        assert!(Instant::now() < deadline, "Redis never stalled");
-        let ping = ::redis::cmd("PING");
-        let answer = ping.query_async::<()>(&mut probe);
-        if tokio::time::timeout(Duration::from_millis(100), answer)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
+    let stall = stall_redis(&url, 3).await;
     let distance = finish(&app, &ann, &id).await;
     stall.await.unwrap();
-    ::redis::cmd("PING")
-        .query_async::<()>(&mut probe)
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while owed_activities(&app).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the leaderboard debt never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_settled(&app).await;
     let (status, board, counted) = on_board(&app, &bob).await;
     assert_eq!(status, StatusCode::OK, "{board}");
     assert_eq!(

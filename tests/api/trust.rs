@@ -761,3 +761,67 @@ async fn a_full_disk_refuses_writes_and_recovers_when_space_returns() {
     assert_eq!(route["points"].as_array().map(Vec::len), Some(200));
     assert!(!app.user("Bob").await.token.is_empty());
 }
+
+/// Watchers that never read a byte (a stuck phone, an attacker holding
+/// sockets open) are dropped once their bounded queue has been full for
+/// `SLOW_CONSUMER_TIMEOUT`: the server stops sending, forgets them as
+/// viewers and frees what they held, instead of buffering a whole
+/// catch-up for each.
+#[tokio::test]
+async fn watchers_that_never_read_are_dropped() {
+    const N: usize = 40_000;
+    let app = spawn_app().await;
+    let ann = app.user("Ann").await;
+    let t0 = app.now_ms() - 12 * 3_600_000;
+    let id = app
+        .start(&ann, json!({"type": "HIKE", "started_at": t0}))
+        .await;
+    for batch in track(t0 + 1_000, N, 1_000, 1.2).chunks(10_000) {
+        let (status, reply) = app.post_points(&ann, &id, json!({"points": batch})).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let mut stuck = Vec::new();
+    for i in 0..4 {
+        let fan = app.user(&format!("Fan {i}")).await;
+        app.befriend(&ann, &fan).await;
+        for _ in 0..2 {
+            // A small receive window, so the server's sends block soon.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let stream = socket.connect(addr).await.unwrap();
+            let url = crate::live::ws_url(&app, &id, &format!("lag=5&token={}", fan.token));
+            let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+            stuck.push(ws.into_inner());
+        }
+    }
+    let viewers = format!("/v1/activities/{id}/viewers");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    loop {
+        let (_, list) = app.get(&viewers, &ann.token).await;
+        let total = list["total"].as_u64().unwrap();
+        seen = seen.max(total);
+        if seen == 8 && total == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck watchers kept: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What each got before it was dropped is a fraction of the catch-up
+    // (about 100 bytes a point), and then the connection ends.
+    for mut stream in stuck {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut got),
+        )
+        .await;
+        assert!(read.is_ok(), "the server closed the connection");
+        assert!(
+            got.len() < N * 100 / 2,
+            "{} bytes buffered for a stuck watcher",
+            got.len()
+        );
+    }
+}

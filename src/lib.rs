@@ -22,6 +22,8 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod live;

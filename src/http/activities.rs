@@ -253,11 +253,11 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-fn encode_cursor(k: HistoryKey) -> String {
+pub(crate) fn encode_cursor(k: HistoryKey) -> String {
     format!("{}_{}", k.started_at, k.activity_id)
 }
 
-fn decode_cursor(s: &str) -> Option<HistoryKey> {
+pub(crate) fn decode_cursor(s: &str) -> Option<HistoryKey> {
     let (at, id) = s.split_once('_')?;
     Some(HistoryKey {
         started_at: at.parse().ok()?,

@@ -7,7 +7,7 @@
 //! the matched routes.
 
 mod access;
-mod activities;
+pub(crate) mod activities;
 mod auth;
 pub mod courses;
 mod devices;
@@ -18,7 +18,7 @@ mod import;
 pub mod leaderboards;
 mod live;
 mod ops;
-mod points;
+pub(crate) mod points;
 pub mod privacy;
 pub mod ratelimit;
 mod shares;

@@ -37,20 +37,19 @@ struct Probe<'a> {
     points: Option<&'a RawValue>,
 }
 
-async fn post_points(
-    State(ctx): State<ApiContext>,
-    AuthUser(me): AuthUser,
-    Path(id): Path<Uuid>,
-    Json(body): Json<Box<RawValue>>,
-) -> Result<Json<PointsReply>, ApiError> {
+/// The fixes of a points body (one point, or `{"points": [...]}`), each
+/// decoded on its own, and whether it was a single point. Pure: this is
+/// what the fuzz target `points` drives (see `crate::fuzzing`).
+pub(crate) fn parse_body(body: &str) -> Result<(Vec<Result<Fix, RejectCode>>, bool), ApiError> {
     let not_a_body = || {
         ApiError::invalid(
             "invalid_body",
             "expected a point object or {\"points\": [...]}",
         )
     };
-    let probe: Probe = serde_json::from_str(body.get()).map_err(|_| not_a_body())?;
-    let (inputs, single) = match probe.points {
+    let raw: &RawValue = serde_json::from_str(body).map_err(|_| not_a_body())?;
+    let probe: Probe = serde_json::from_str(raw.get()).map_err(|_| not_a_body())?;
+    Ok(match probe.points {
         Some(points) => {
             let points: Vec<&RawValue> = serde_json::from_str(points.get())
                 .map_err(|_| ApiError::invalid("invalid_body", "`points` must be an array"))?;
@@ -62,8 +61,17 @@ async fn post_points(
             }
             (points.into_iter().map(decode).collect::<Vec<_>>(), false)
         }
-        None => (vec![decode(&body)], true),
-    };
+        None => (vec![decode(raw)], true),
+    })
+}
+
+async fn post_points(
+    State(ctx): State<ApiContext>,
+    AuthUser(me): AuthUser,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Box<RawValue>>,
+) -> Result<Json<PointsReply>, ApiError> {
+    let (inputs, single) = parse_body(body.get())?;
 
     // Once the points are durable, the running statistics and the live
     // stream must see them even if the client hangs up: the write runs as

@@ -18,7 +18,7 @@ pub const MAX_ZONE_RADIUS_M: f64 = 1_000.0;
 /// Largest `hide_ends_m` of an activity.
 pub const MAX_HIDE_ENDS_M: u32 = 1_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyZone {
     pub lat: f64,

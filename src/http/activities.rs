@@ -33,7 +33,7 @@ pub fn router() -> Router<ApiContext> {
         .route("/v1/activities/{id}/route", get(get_route))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewActivity {
     #[serde(rename = "type")]
     activity_type: ActivityType,
@@ -41,9 +41,17 @@ struct NewActivity {
     #[serde(default)]
     visibility: Visibility,
     #[serde(default, deserialize_with = "deserialize_opt_ms")]
+    #[schema(value_type = Option<super::openapi::TimeIn>)]
     started_at: Option<Millis>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/activities",
+    tag = "activities",
+    request_body = NewActivity,
+    responses((status = 201, description = "the activity", body = serde_json::Value)),
+)]
 async fn create_activity(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -84,6 +92,13 @@ async fn create_activity(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/activities/{id}",
+    tag = "activities",
+    params(("id" = Uuid, Path, description = "the activity")),
+    responses((status = 200, description = "the activity with statistics", body = serde_json::Value)),
+)]
 async fn get_activity(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -95,15 +110,24 @@ async fn get_activity(
 
 /// `PATCH /v1/activities/{id}`: a state change, the athlete's audience
 /// settings, or both (the settings first).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Change {
     state: Option<ActivityState>,
     #[serde(default, deserialize_with = "deserialize_opt_ms")]
+    #[schema(value_type = Option<super::openapi::TimeIn>)]
     at: Option<Millis>,
     visibility: Option<Visibility>,
     hide_ends_m: Option<u32>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/activities/{id}",
+    tag = "activities",
+    params(("id" = Uuid, Path, description = "the activity")),
+    request_body = Change,
+    responses((status = 200, description = "the activity after the change", body = serde_json::Value)),
+)]
 async fn change_state(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -168,6 +192,13 @@ struct RouteQuery {
     format: RouteFormat,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/activities/{id}/route",
+    tag = "activities",
+    params(("id" = Uuid, Path, description = "the activity"), ("format" = Option<String>, Query, description = "json (default), geojson, gpx or tcx")),
+    responses((status = 200, description = "the track", body = serde_json::Value)),
+)]
 async fn get_route(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -287,6 +318,13 @@ async fn history_page(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/activities",
+    tag = "activities",
+    params(("mode" = Option<String>, Query, description = "mine (default) or friends"), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "a page of history", body = serde_json::Value)),
+)]
 async fn list_activities(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

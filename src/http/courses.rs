@@ -165,6 +165,13 @@ struct CourseList {
     items: Vec<CourseSummary>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/courses",
+    tag = "courses",
+    params(("q" = Option<String>, Query), ("level" = Option<String>, Query), ("theme" = Option<String>, Query)),
+    responses((status = 200, description = "matching courses", body = serde_json::Value)),
+)]
 async fn search(
     State(ctx): State<ApiContext>,
     AuthUser(_): AuthUser,
@@ -194,6 +201,13 @@ async fn search(
     Json(CourseList { items })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/courses/{id}",
+    tag = "courses",
+    params(("id" = String, Path, description = "id or slug")),
+    responses((status = 200, description = "the course", body = serde_json::Value)),
+)]
 async fn course(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -222,17 +236,19 @@ async fn course(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCourse {
     name: String,
     #[serde(default)]
     description: String,
     #[serde(default = "default_level")]
+    #[schema(value_type = String)]
     level: Level,
     #[serde(default)]
     visibility: Visibility,
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     steps: Vec<Step>,
     /// A GPX document: its route or track is the planned route.
     gpx: Option<String>,
@@ -242,6 +258,13 @@ fn default_level() -> Level {
     Level::Beginner
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/courses",
+    tag = "courses",
+    request_body = NewCourse,
+    responses((status = 201, description = "the course", body = serde_json::Value)),
+)]
 async fn create(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

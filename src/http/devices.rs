@@ -52,7 +52,7 @@ pub fn router() -> Router<ApiContext> {
         .route("/ingest/{app}", any(ingest))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDevice {
     name: String,
@@ -100,6 +100,13 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("{proto}://{host}")
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/devices",
+    tag = "devices",
+    request_body = NewDevice,
+    responses((status = 201, description = "the device and its key (shown once)", body = serde_json::Value)),
+)]
 async fn create(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -154,6 +161,12 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "devices",
+    responses((status = 200, description = "the devices", body = serde_json::Value)),
+)]
 async fn list(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -163,6 +176,13 @@ async fn list(
     Ok(Json(json!({ "items": items })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = Uuid, Path, description = "the device")),
+    responses((status = 200, description = "revoked", body = serde_json::Value)),
+)]
 async fn revoke(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

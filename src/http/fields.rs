@@ -33,6 +33,14 @@ pub fn router() -> Router<ApiContext> {
         .route("/v1/athletes/{id}/fields/{field}", get(series))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/activities/{id}/fields",
+    tag = "fields",
+    params(("id" = Uuid, Path, description = "the activity")),
+    request_body = Object,
+    responses((status = 200, description = "the activity's fields", body = serde_json::Value)),
+)]
 async fn set_fields(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -90,6 +98,13 @@ struct Series {
 const EARLIEST: Millis = 0;
 const LATEST: Millis = 253_402_300_800_000;
 
+#[utoipa::path(
+    get,
+    path = "/v1/athletes/{id}/fields/{field}",
+    tag = "fields",
+    params(("id" = Uuid, Path, description = "the athlete"), ("field" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "a field's values over time", body = serde_json::Value)),
+)]
 async fn series(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

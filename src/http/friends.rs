@@ -17,6 +17,13 @@ pub fn router() -> Router<ApiContext> {
     )
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/friends/{user_id}",
+    tag = "friends",
+    params(("user_id" = Uuid, Path)),
+    responses((status = 200, description = "request sent or friendship made", body = serde_json::Value)),
+)]
 async fn add_friend(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -40,6 +47,13 @@ async fn add_friend(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/friends/{user_id}",
+    tag = "friends",
+    params(("user_id" = Uuid, Path)),
+    responses((status = 200, description = "removed", body = serde_json::Value)),
+)]
 async fn remove_friend(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -49,6 +63,12 @@ async fn remove_friend(
     Ok(Json(json!({"status": "none"})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/friends",
+    tag = "friends",
+    responses((status = 200, description = "friends and pending requests", body = serde_json::Value)),
+)]
 async fn list_friends(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

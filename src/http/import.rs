@@ -49,6 +49,13 @@ struct Imported {
     rejected: usize,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/activities/import",
+    tag = "activities",
+    params(("type" = Option<ActivityType>, Query), ("visibility" = Option<Visibility>, Query)),
+    responses((status = 201, description = "the imported activities", body = serde_json::Value)),
+)]
 async fn import(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

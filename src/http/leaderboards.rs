@@ -160,6 +160,13 @@ struct BoardQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leaderboards/{activity_type}",
+    tag = "leaderboards",
+    params(("activity_type" = String, Path), ("window" = Option<String>, Query, description = "week (default), month or all"), ("region" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "the board and the caller", body = serde_json::Value)),
+)]
 async fn leaderboard(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

@@ -228,6 +228,13 @@ async fn attend(ctx: &ApiContext, id: Uuid, watcher: Watcher, until: Millis) {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/activities/{id}/live",
+    tag = "live",
+    params(("id" = Uuid, Path, description = "the activity"), ("after" = Option<String>, Query, description = "stream cursor"), ("lag" = Option<f64>, Query, description = "5 to 10 s")),
+    responses((status = 200, description = "what was released after the cursor", body = serde_json::Value)),
+)]
 async fn poll(
     State(ctx): State<ApiContext>,
     Path(id): Path<Uuid>,
@@ -748,6 +755,12 @@ struct LiveList {
 /// Friends' activities live now, with their last released position. The
 /// live registry names them (shared by every node); if it cannot answer
 /// (Redis down), each friend's newest activities are read from persistence.
+#[utoipa::path(
+    get,
+    path = "/v1/live",
+    tag = "live",
+    responses((status = 200, description = "friends live now", body = serde_json::Value)),
+)]
 async fn friends_live(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

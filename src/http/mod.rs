@@ -17,6 +17,7 @@ mod friends;
 mod import;
 pub mod leaderboards;
 mod live;
+mod openapi;
 mod ops;
 pub(crate) mod points;
 pub mod privacy;
@@ -96,6 +97,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(devices::router())
         .merge(import::router())
         .merge(leaderboards::router())
+        .merge(openapi::router())
         .route_layer(middleware::from_fn(record_metrics))
         .merge(ops::router())
         .merge(web::router())

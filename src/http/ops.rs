@@ -31,6 +31,13 @@ async fn noop(Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
     Json(json!({"accepted": points}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, description = "ready or degraded", body = serde_json::Value)),
+    security(()),
+)]
 async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
     let store_ok = ctx.store.activities.activity(Uuid::nil()).await.is_ok();
     // A full disk takes the node out of rotation until space returns.

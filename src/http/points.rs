@@ -65,6 +65,14 @@ pub(crate) fn parse_body(body: &str) -> Result<(Vec<Result<Fix, RejectCode>>, bo
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/activities/{id}/points",
+    tag = "activities",
+    params(("id" = Uuid, Path, description = "the activity")),
+    request_body = super::openapi::PointsBody,
+    responses((status = 200, description = "accepted, duplicates, rejected and statistics", body = serde_json::Value)),
+)]
 async fn post_points(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

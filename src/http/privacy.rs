@@ -177,6 +177,12 @@ async fn read_rules(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me/privacy-zones",
+    tag = "privacy",
+    responses((status = 200, description = "the privacy zones", body = serde_json::Value)),
+)]
 async fn get_zones(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -184,6 +190,13 @@ async fn get_zones(
     Ok(Json(ctx.store.users.privacy_zones(me.id).await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/me/privacy-zones",
+    tag = "privacy",
+    request_body = Vec<PrivacyZone>,
+    responses((status = 200, description = "the privacy zones", body = serde_json::Value)),
+)]
 async fn put_zones(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -220,6 +233,13 @@ struct Viewers {
     removed: Vec<Uuid>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/activities/{id}/viewers",
+    tag = "privacy",
+    params(("id" = Uuid, Path, description = "the activity")),
+    responses((status = 200, description = "who watches now", body = serde_json::Value)),
+)]
 async fn viewers(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -257,6 +277,13 @@ async fn viewers(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/activities/{id}/viewers/{user_id}",
+    tag = "privacy",
+    params(("id" = Uuid, Path, description = "the activity"), ("user_id" = Uuid, Path)),
+    responses((status = 200, description = "removed", body = serde_json::Value)),
+)]
 async fn remove(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -283,6 +310,13 @@ async fn remove(
     Ok((StatusCode::OK, Json(json!({"status": "removed"}))))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/activities/{id}/viewers/{user_id}",
+    tag = "privacy",
+    params(("id" = Uuid, Path, description = "the activity"), ("user_id" = Uuid, Path)),
+    responses((status = 200, description = "readmitted", body = serde_json::Value)),
+)]
 async fn readmit(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

@@ -26,12 +26,19 @@ pub fn router() -> Router<ApiContext> {
         .route("/v1/shares/{id}", delete(revoke_share))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewShare {
     activity_id: Uuid,
     expires_in_s: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/shares",
+    tag = "shares",
+    request_body = NewShare,
+    responses((status = 201, description = "the share link (token shown once)", body = serde_json::Value)),
+)]
 async fn create_share(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,
@@ -69,6 +76,13 @@ async fn create_share(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/shares/{id}",
+    tag = "shares",
+    params(("id" = Uuid, Path, description = "the share")),
+    responses((status = 200, description = "revoked", body = serde_json::Value)),
+)]
 async fn revoke_share(
     State(ctx): State<ApiContext>,
     AuthUser(me): AuthUser,

@@ -32,12 +32,20 @@ pub fn router() -> Router<ApiContext> {
         .route("/v1/users/{id}", get(user))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewUser {
     name: String,
     region: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    request_body = NewUser,
+    responses((status = 201, description = "the user and their token (shown once)", body = serde_json::Value)),
+    security(()),
+)]
 async fn create_user(
     State(ctx): State<ApiContext>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -96,6 +104,12 @@ async fn create_user(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "users",
+    responses((status = 200, description = "the caller", body = serde_json::Value)),
+)]
 async fn me(AuthUser(user): AuthUser) -> Json<Value> {
     Json(with_region(
         json!({"id": user.id, "name": user.name}),
@@ -105,6 +119,13 @@ async fn me(AuthUser(user): AuthUser) -> Json<Value> {
 
 /// Someone's public card (id and name), for an invite link: ids are
 /// unguessable, so this names only whoever shared theirs.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "the user")),
+    responses((status = 200, description = "a user's public card", body = serde_json::Value)),
+)]
 async fn user(
     State(ctx): State<ApiContext>,
     AuthUser(_): AuthUser,

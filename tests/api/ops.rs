@@ -59,3 +59,90 @@ async fn the_noop_baseline_parses_the_body_and_stores_nothing() {
     let text = app.metrics().await;
     assert!(text.contains("trailcast_process_resident_bytes"));
 }
+
+/// `/v1/openapi.json` describes every `/v1` route the server has (read
+/// from the routers' sources), each method of it, and only those; the
+/// WebSocket upgrade, the no-op baseline and the document itself are left
+/// out on purpose.
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let app = spawn_app().await;
+    let (status, doc) = app.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let documented: std::collections::BTreeSet<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    let mut routed = std::collections::BTreeSet::new();
+    let route = regex_lite_route();
+    for entry in std::fs::read_dir("src/http").unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (path, methods) in route(&text) {
+            if !path.starts_with("/v1/")
+                || path.ends_with("/live/ws")
+                || path == "/v1/noop"
+                || path == "/v1/openapi.json"
+            {
+                continue;
+            }
+            for method in methods {
+                routed.insert(format!("{method} {path}"));
+            }
+        }
+    }
+    routed.insert("GET /readyz".into());
+    assert!(routed.len() > 25, "{routed:?}");
+    assert_eq!(documented, routed);
+}
+
+/// `.route("<path>", get(..).post(..))` in a router's source: the path and
+/// its methods.
+fn regex_lite_route() -> impl Fn(&str) -> Vec<(String, Vec<String>)> {
+    |text: &str| {
+        let mut out = Vec::new();
+        for (i, _) in text.match_indices(".route(") {
+            let rest = &text[i + ".route(".len()..];
+            // A router's `.route("/path", ...)`, not some other `route(`.
+            let start = rest.len() - rest.trim_start().len();
+            if !rest[start..].starts_with('"') {
+                continue;
+            }
+            let Some(len) = rest[start + 1..].find('"') else {
+                continue;
+            };
+            let path = rest[start + 1..start + 1 + len].to_string();
+            // The handlers: up to the end of this `.route(...)` call.
+            let mut depth = 1;
+            let mut end = rest.len();
+            for (j, c) in rest.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = j;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let call = &rest[start + 1 + len..end];
+            let methods = ["get", "post", "put", "patch", "delete"]
+                .into_iter()
+                .filter(|m| call.contains(&format!("{m}(")))
+                .map(str::to_uppercase)
+                .collect();
+            out.push((path, methods));
+        }
+        out
+    }
+}

@@ -96,6 +96,15 @@ pub struct Config {
     /// Redis for recent positions; unset keeps them in process.
     #[arg(long, env = "TRAILCAST_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// A Redis Cluster instead (`host:port,...`, any of its nodes): the
+    /// same keys, spread over its slots. Exclusive with `--redis-url`.
+    #[arg(
+        long,
+        env = "TRAILCAST_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster_nodes: Vec<String>,
     /// Prefix of every Redis key (lets several deployments or tests share
     /// one Redis).
     #[arg(long, env = "TRAILCAST_REDIS_PREFIX", default_value = "tc:")]

@@ -41,15 +41,24 @@ pub struct Backends {
 impl Backends {
     /// Persistence: ScyllaDB when `--scylla-nodes` is set, else the embedded
     /// store in `--data-dir`. Recent positions, leaderboards and the live
-    /// registry: Redis when `--redis-url` is set, else in process.
+    /// registry: Redis when `--redis-url` is set, a Redis Cluster when
+    /// `--redis-cluster-nodes` is, else in process.
     pub async fn open(config: &Config, clock: Clock) -> anyhow::Result<Backends> {
         let (persistence, embedded) = open_persistence(config).await?;
         let mut sweepers: Vec<Arc<dyn Sweep>> = Vec::new();
-        match &config.redis_url {
-            Some(url) => {
-                let redis = RedisRecentStore::new(url, &config.redis_prefix)
-                    .context("the Redis URL")?
-                    .with_clock(clock);
+        let redis = match (&config.redis_url, config.redis_cluster_nodes.is_empty()) {
+            (Some(url), _) => {
+                Some(RedisRecentStore::new(url, &config.redis_prefix).context("the Redis URL")?)
+            }
+            (None, false) => Some(
+                RedisRecentStore::cluster(&config.redis_cluster_nodes, &config.redis_prefix)
+                    .context("the Redis Cluster nodes")?,
+            ),
+            (None, true) => None,
+        };
+        match redis {
+            Some(redis) => {
+                let redis = redis.with_clock(clock);
                 let prefix = &config.redis_prefix;
                 Ok(Backends {
                     persistence,

@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use super::{StoreError, StoreResult};
@@ -117,13 +117,13 @@ impl Audience for MemoryAudience {
 }
 
 pub struct RedisAudience {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
 impl RedisAudience {
     /// Shares the recent store's connection (`RedisRecentStore::connection`).
-    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisAudience {
+    pub fn new(conn: RedisConn, prefix: &str) -> RedisAudience {
         RedisAudience {
             conn,
             prefix: prefix.to_string(),

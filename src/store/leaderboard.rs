@@ -29,10 +29,10 @@
 
 use std::collections::HashMap;
 
+use super::redis_conn::RedisConn;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 use dashmap::DashMap;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -268,12 +268,12 @@ return 1
 
 #[derive(Clone)]
 pub struct RedisLeaderboard {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
 impl RedisLeaderboard {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisLeaderboard {
+    pub fn new(conn: RedisConn, prefix: &str) -> RedisLeaderboard {
         RedisLeaderboard {
             conn,
             prefix: prefix.to_string(),
@@ -302,24 +302,27 @@ impl Leaderboard for RedisLeaderboard {
         activity: Uuid,
         amount_m: f64,
     ) -> StoreResult<()> {
-        // One script per board (each board is its own slot in a cluster),
-        // all in one round trip.
-        let mut pipe = redis::pipe();
-        for board in boards {
-            pipe.cmd("EVAL")
-                .arg(SET_SCRIPT)
-                .arg(2)
-                .arg(self.key(board))
-                .arg(self.contributions_key(board))
-                .arg(athlete.to_string())
-                .arg(activity.to_string())
-                .arg(amount_m)
-                .arg(board.window.ttl_s().unwrap_or(0))
-                .arg(MIN_SCORE_M)
-                .ignore();
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
+        // One script per board: each board is its own slot on a cluster
+        // (one round trip for all of them on a single Redis).
+        let pipes = boards
+            .iter()
+            .map(|board| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("EVAL")
+                    .arg(SET_SCRIPT)
+                    .arg(2)
+                    .arg(self.key(board))
+                    .arg(self.contributions_key(board))
+                    .arg(athlete.to_string())
+                    .arg(activity.to_string())
+                    .arg(amount_m)
+                    .arg(board.window.ttl_s().unwrap_or(0))
+                    .arg(MIN_SCORE_M)
+                    .ignore();
+                pipe
+            })
+            .collect();
+        self.conn.each::<()>(pipes).await?;
         Ok(())
     }
 

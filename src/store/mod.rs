@@ -15,6 +15,7 @@ pub mod leaderboard;
 pub mod recent;
 pub mod recent_memory;
 pub mod recent_redis;
+pub mod redis_conn;
 pub mod registry;
 pub mod scylla;
 

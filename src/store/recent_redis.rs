@@ -19,10 +19,7 @@
 //! ingest is delayed by at most that timeout and then carries on (the
 //! tracker records what it could not publish and back-fills it later).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
 use super::recent::{
@@ -32,11 +29,12 @@ use super::{StoreError, StoreResult};
 use crate::clock::Clock;
 use crate::domain::time::Millis;
 
-pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+pub use super::redis_conn::REDIS_TIMEOUT;
+use super::redis_conn::RedisConn;
 
 #[derive(Clone)]
 pub struct RedisRecentStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     clock: Clock,
 }
@@ -54,18 +52,20 @@ impl RedisRecentStore {
     /// Does not connect: the first command does, so a node starts (and
     /// ingests) while Redis is down.
     pub fn new(url: &str, prefix: &str) -> StoreResult<RedisRecentStore> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(REDIS_TIMEOUT);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(RedisRecentStore {
+        Ok(RedisRecentStore::on(RedisConn::single(url)?, prefix))
+    }
+
+    /// On a Redis Cluster reached through `nodes` (`host:port`).
+    pub fn cluster(nodes: &[String], prefix: &str) -> StoreResult<RedisRecentStore> {
+        Ok(RedisRecentStore::on(RedisConn::cluster(nodes)?, prefix))
+    }
+
+    fn on(conn: RedisConn, prefix: &str) -> RedisRecentStore {
+        RedisRecentStore {
             conn,
             prefix: prefix.to_string(),
             clock: Clock::System,
-        })
+        }
     }
 
     /// Reads the time from `clock` (the server's) when trimming by time.
@@ -74,7 +74,7 @@ impl RedisRecentStore {
     }
 
     /// The shared connection, for other Redis-backed stores.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -184,6 +184,9 @@ impl RecentStore for RedisRecentStore {
     }
 
     fn backend(&self) -> &'static str {
-        "redis"
+        match self.conn.is_cluster() {
+            true => "redis-cluster",
+            false => "redis",
+        }
     }
 }

@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use super::recent::RECENT_TTL_MS;
@@ -84,13 +84,13 @@ impl LiveRegistry for MemoryRegistry {
 }
 
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
 impl RedisRegistry {
     /// Shares the recent store's connection (`RedisRecentStore::connection`).
-    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisRegistry {
+    pub fn new(conn: RedisConn, prefix: &str) -> RedisRegistry {
         RedisRegistry {
             conn,
             prefix: prefix.to_string(),
@@ -141,16 +141,21 @@ impl LiveRegistry for RedisRegistry {
         if athletes.is_empty() {
             return Ok(Vec::new());
         }
-        // One round trip for all of them.
-        let mut pipe = redis::pipe();
-        for athlete in athletes {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(self.key(*athlete))
-                .arg(since)
-                .arg("+inf");
-        }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        // One round trip for all of them on a single Redis; on a cluster
+        // one per athlete's slot, in bounded parallel.
+        let pipes = athletes
+            .iter()
+            .map(|athlete| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(self.key(*athlete))
+                    .arg(since)
+                    .arg("+inf");
+                pipe
+            })
+            .collect();
+        let replies: Vec<(Vec<String>,)> = self.conn.each(pipes).await?;
+        let replies = replies.into_iter().map(|(ids,)| ids);
         let mut out = Vec::new();
         for (athlete, ids) in athletes.iter().zip(replies) {
             for id in ids {

@@ -67,6 +67,17 @@ pub(crate) struct TwoNodes {
 }
 
 pub(crate) async fn two_nodes() -> TwoNodes {
+    two_nodes_on(&["--redis-url", SHARED_REDIS]).await
+}
+
+/// The same over the local Redis Cluster (`scripts/redis-cluster`).
+pub(crate) async fn two_nodes_on_a_redis_cluster() -> TwoNodes {
+    let nodes = crate::redis::cluster_nodes().join(",");
+    crate::redis::cluster_redis(&prefix()).await;
+    two_nodes_on(&["--redis-cluster-nodes", &nodes]).await
+}
+
+async fn two_nodes_on(redis: &[&str]) -> TwoNodes {
     let cql = cql_server();
     let (keyspace, _) = cql.keyspace().await;
     println!("two nodes on {}, keyspace {keyspace}", cql.name());
@@ -79,11 +90,10 @@ pub(crate) async fn two_nodes() -> TwoNodes {
         &nodes,
         "--scylla-keyspace",
         &keyspace,
-        "--redis-url",
-        SHARED_REDIS,
         "--redis-prefix",
         &prefix,
     ];
+    let args: Vec<&str> = args.iter().chain(redis).copied().collect();
     let (node_a, base_a) = start_binary(&args).await;
     let (node_b, base_b) = start_binary(&args).await;
     TwoNodes {
@@ -95,7 +105,17 @@ pub(crate) async fn two_nodes() -> TwoNodes {
 
 #[tokio::test]
 async fn an_athlete_posting_to_node_a_is_watched_through_node_b() {
-    let nodes = two_nodes().await;
+    watched_through_node_b(two_nodes().await).await;
+}
+
+/// The same with live state on a Redis Cluster: streams, the live
+/// registry (friends live now, split per slot) and leaderboards.
+#[tokio::test]
+async fn an_athlete_posting_to_node_a_is_watched_through_node_b_over_a_redis_cluster() {
+    watched_through_node_b(two_nodes_on_a_redis_cluster().await).await;
+}
+
+async fn watched_through_node_b(nodes: TwoNodes) {
     let (a, b) = (&nodes.a, &nodes.b);
 
     // Accounts and friendship, each made on a different node.

@@ -43,6 +43,7 @@ pub fn test_config(data_dir: PathBuf) -> Config {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = data_dir;
     config.redis_url = None;
+    config.redis_cluster_nodes = Vec::new();
     config.scylla.nodes = Vec::new();
     // Tests drive one token hard; the limit has its own test.
     config.rate_limit = 1e6;

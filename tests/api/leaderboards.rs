@@ -16,7 +16,8 @@ use trailcast::store::leaderboard::{
 
 use crate::helpers::{TestApp, TestUser, spawn_app, spawn_app_with, spawn_on, track};
 use crate::redis::{
-    SHARED_REDIS, free_port, prefix, shared_redis, stall_redis, start_redis, until_settled,
+    SHARED_REDIS, cluster_redis, free_port, prefix, shared_redis, stall_redis, start_redis,
+    until_settled,
 };
 
 async fn leaderboard_contract(board: &dyn Leaderboard) {
@@ -89,6 +90,13 @@ async fn leaderboard_contract_on_redis() {
     let prefix = prefix();
     let recent = shared_redis(&prefix).await;
     leaderboard_contract(&RedisLeaderboard::new(recent.connection(), &prefix)).await;
+}
+
+#[tokio::test]
+async fn leaderboard_contract_on_a_redis_cluster() {
+    let prefix = prefix();
+    let store = cluster_redis(&prefix).await;
+    leaderboard_contract(&RedisLeaderboard::new(store.connection(), &prefix)).await;
 }
 
 async fn completed_run_counts_exactly_once(app: &crate::helpers::TestApp) {
@@ -187,6 +195,18 @@ async fn completed_run_counts_exactly_once(app: &crate::helpers::TestApp) {
 #[tokio::test]
 async fn a_finished_activity_counts_exactly_once_in_process() {
     completed_run_counts_exactly_once(&spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn a_finished_activity_counts_exactly_once_on_a_redis_cluster() {
+    let prefix = prefix();
+    cluster_redis(&prefix).await;
+    let app = spawn_app_with(|c| {
+        c.redis_cluster_nodes = crate::redis::cluster_nodes();
+        c.redis_prefix = prefix;
+    })
+    .await;
+    completed_run_counts_exactly_once(&app).await;
 }
 
 #[tokio::test]

@@ -36,6 +36,34 @@ pub async fn shared_redis(prefix: &str) -> RedisRecentStore {
     store
 }
 
+/// The local Redis Cluster's nodes: `TRAILCAST_TEST_REDIS_CLUSTER`, else
+/// the ones `scripts/redis-cluster` starts.
+pub fn cluster_nodes() -> Vec<String> {
+    std::env::var("TRAILCAST_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| {
+            (7101..=7106)
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// The local Redis Cluster under `prefix`, failing loudly if it does not
+/// answer.
+pub async fn cluster_redis(prefix: &str) -> RedisRecentStore {
+    let nodes = cluster_nodes();
+    let store = RedisRecentStore::cluster(&nodes, prefix).unwrap();
+    if let Err(e) = store.health().await {
+        panic!(
+            "no Redis Cluster at {nodes:?} ({e}); scripts/test starts one (scripts/redis-cluster)"
+        );
+    }
+    store
+}
+
 fn p(ts: i64) -> Point {
     Point {
         ts,
@@ -142,6 +170,13 @@ async fn recent_positions_contract_on_redis() {
     recent_contract(&shared_redis(&prefix()).await).await;
 }
 
+#[tokio::test]
+async fn recent_positions_contract_on_a_redis_cluster() {
+    let store = cluster_redis(&prefix()).await;
+    assert_eq!(store.backend(), "redis-cluster");
+    recent_contract(&store).await;
+}
+
 async fn registry_contract(registry: &dyn LiveRegistry) {
     let (ann, bob, cy) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let (run, ride, walk) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -198,6 +233,12 @@ async fn live_registry_contract_in_process() {
 #[tokio::test]
 async fn live_registry_contract_on_redis() {
     let store = shared_redis(&prefix()).await;
+    registry_contract(&RedisRegistry::new(store.connection(), &prefix())).await;
+}
+
+#[tokio::test]
+async fn live_registry_contract_on_a_redis_cluster() {
+    let store = cluster_redis(&prefix()).await;
     registry_contract(&RedisRegistry::new(store.connection(), &prefix())).await;
 }
 

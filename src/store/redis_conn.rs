@@ -1,0 +1,170 @@
+//! The connection every Redis-backed store shares: one Redis
+//! (`--redis-url`, the connection manager) or a Redis Cluster
+//! (`--redis-cluster-nodes`, the cluster client: slot map discovery,
+//! MOVED/ASK redirects, reconnects, reads from primaries).
+//!
+//! Both connect lazily, so a node starts (and ingests) while Redis is
+//! down, and both answer within `REDIS_TIMEOUT`. On a cluster a pipeline
+//! must stay within one slot: every key an operation touches together
+//! shares one hash tag (`{activity}`, `{athlete}`, `{board}`), and the
+//! operations that span several (a leaderboard update over its boards, the
+//! friends-live query over many athletes) go through `each`, which sends
+//! one pipeline per slot in bounded parallel instead of one cross-slot
+//! pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+use tokio::sync::OnceCell;
+
+/// How long any Redis call may take before it counts as failed.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pipelines in flight at once when an operation spans several slots.
+const SLOTS_IN_FLIGHT: usize = 32;
+
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(LazyCluster),
+}
+
+/// A cluster connection made on first use (and again after a failed
+/// attempt); the connection itself follows the slot map from then on.
+#[derive(Clone)]
+pub struct LazyCluster {
+    client: Arc<ClusterClient>,
+    conn: Arc<OnceCell<ClusterConnection>>,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        let connect = || async {
+            tokio::time::timeout(REDIS_TIMEOUT * 4, self.client.get_async_connection())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "connecting to the Redis Cluster timed out",
+                    ))
+                })?
+        };
+        self.conn.get_or_try_init(connect).await.cloned()
+    }
+}
+
+impl RedisConn {
+    /// One Redis at `url`.
+    pub fn single(url: &str) -> RedisResult<RedisConn> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(REDIS_TIMEOUT);
+        Ok(RedisConn::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    }
+
+    /// A Redis Cluster reached through any of `nodes` (`host:port`).
+    pub fn cluster(nodes: &[String]) -> RedisResult<RedisConn> {
+        let urls: Vec<String> = nodes
+            .iter()
+            .map(|n| match n.contains("://") {
+                true => n.clone(),
+                false => format!("redis://{n}"),
+            })
+            .collect();
+        let client = ClusterClient::builder(urls)
+            .connection_timeout(REDIS_TIMEOUT)
+            .response_timeout(REDIS_TIMEOUT)
+            .retries(2)
+            .build()?;
+        Ok(RedisConn::Cluster(LazyCluster {
+            client: Arc::new(client),
+            conn: Arc::new(OnceCell::new()),
+        }))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+
+    /// Runs pipelines that each stay within one slot: merged into one
+    /// round trip on a single Redis, one per slot in bounded parallel on a
+    /// cluster. Returns each pipeline's replies, in order.
+    pub async fn each<T: FromRedisValue + Send + 'static>(
+        &self,
+        pipes: Vec<Pipeline>,
+    ) -> RedisResult<Vec<T>> {
+        if pipes.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RedisConn::Single(_) => {
+                let mut merged = redis::pipe();
+                for pipe in &pipes {
+                    for cmd in pipe.cmd_iter() {
+                        merged.add_command(cmd.clone());
+                    }
+                }
+                let mut conn = self.clone();
+                let flat: Vec<Value> = merged.query_async(&mut conn).await?;
+                let mut flat = flat.into_iter();
+                pipes
+                    .iter()
+                    .map(|pipe| {
+                        let part: Vec<Value> = flat.by_ref().take(pipe.len()).collect();
+                        T::from_redis_value(Value::Array(part)).map_err(Into::into)
+                    })
+                    .collect()
+            }
+            RedisConn::Cluster(_) => {
+                futures_util::stream::iter(pipes)
+                    .map(|pipe| {
+                        let mut conn = self.clone();
+                        async move { pipe.query_async::<T>(&mut conn).await }
+                    })
+                    .buffered(SLOTS_IN_FLIGHT)
+                    .try_collect()
+                    .await
+            }
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_command(cmd),
+            RedisConn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}

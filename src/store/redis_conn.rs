@@ -20,7 +20,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 /// How long any Redis call may take before it counts as failed.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -33,27 +33,41 @@ pub enum RedisConn {
     Cluster(LazyCluster),
 }
 
-/// A cluster connection made on first use (and again after a failed
-/// attempt); the connection itself follows the slot map from then on.
+/// A cluster connection made on first use. The connection follows MOVED
+/// and ASK itself; but when a primary dies it may keep a slot map that
+/// still names the dead node (read before the replica was promoted), so a
+/// connection-level failure drops it and the next call connects afresh,
+/// reading the slot map anew.
 #[derive(Clone)]
 pub struct LazyCluster {
     client: Arc<ClusterClient>,
-    conn: Arc<OnceCell<ClusterConnection>>,
+    conn: Arc<Mutex<Option<ClusterConnection>>>,
 }
 
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
-        let connect = || async {
-            tokio::time::timeout(REDIS_TIMEOUT * 4, self.client.get_async_connection())
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "connecting to the Redis Cluster timed out",
-                    ))
-                })?
-        };
-        self.conn.get_or_try_init(connect).await.cloned()
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = tokio::time::timeout(REDIS_TIMEOUT * 4, self.client.get_async_connection())
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "connecting to the Redis Cluster timed out",
+                ))
+            })??;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the connection after a failure that may come from a stale
+    /// slot map.
+    async fn failed(&self, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_cluster_error() {
+            self.conn.lock().await.take();
+        }
     }
 }
 
@@ -87,7 +101,7 @@ impl RedisConn {
             .build()?;
         Ok(RedisConn::Cluster(LazyCluster {
             client: Arc::new(client),
-            conn: Arc::new(OnceCell::new()),
+            conn: Arc::new(Mutex::new(None)),
         }))
     }
 
@@ -144,7 +158,11 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(conn) => conn.req_packed_command(cmd),
             RedisConn::Cluster(lazy) => Box::pin(async move {
                 let mut conn = lazy.get().await?;
-                conn.req_packed_command(cmd).await
+                let reply = conn.req_packed_command(cmd).await;
+                if let Err(e) = &reply {
+                    lazy.failed(e).await;
+                }
+                reply
             }),
         }
     }
@@ -159,7 +177,11 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(lazy) => Box::pin(async move {
                 let mut conn = lazy.get().await?;
-                conn.req_packed_commands(pipeline, offset, count).await
+                let replies = conn.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &replies {
+                    lazy.failed(e).await;
+                }
+                replies
             }),
         }
     }

@@ -595,3 +595,168 @@ async fn a_poller_whose_cursor_left_the_window_is_caught_up_afresh() {
         "an up-to-date cursor goes on: {body}"
     );
 }
+
+/// A Redis Cluster of its own (`scripts/redis-cluster` on 7201-7206), so
+/// that killing a primary does not disturb the other tests.
+async fn own_cluster() -> Vec<String> {
+    let out = Command::new("scripts/redis-cluster")
+        .env("REDIS_CLUSTER_BASE", "7200")
+        .output()
+        .await
+        .expect("scripts/redis-cluster runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a `CLUSTER NODES` line's slot ranges hold `slot`.
+fn serves(line: &str, slot: u16) -> bool {
+    line.split_whitespace().skip(8).any(|range| {
+        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+        match (lo.parse::<u16>(), hi.parse::<u16>()) {
+            (Ok(lo), Ok(hi)) => (lo..=hi).contains(&slot),
+            _ => false,
+        }
+    })
+}
+
+/// `redis-cli -p <port> <args>`'s output.
+async fn redis_cli(port: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A primary dies mid-activity: ingest keeps answering, its replica is
+/// promoted, and once the client follows the new slot map the stream goes
+/// on with every point exactly once (what the dead primary had not passed
+/// on is re-published from persistence).
+#[tokio::test]
+async fn a_redis_cluster_primary_dies_mid_activity() {
+    let nodes = own_cluster().await;
+    let app = spawn_app_with(|c| c.redis_cluster_nodes = nodes.clone()).await;
+    let ann = app.user("Ann").await;
+    let t0 = now_ms() - 60_000;
+    let id = app
+        .start(&ann, json!({"type": "RUN", "started_at": t0}))
+        .await;
+    let pt = |i: i64| json!({"ts": t0 + i * 1000, "lat": 48.0 + i as f64 * 1e-4, "lng": 11.0});
+    for i in 1..4 {
+        assert_eq!(app.post_points(&ann, &id, pt(i)).await.0, StatusCode::OK);
+    }
+
+    // The primary holding this activity's stream.
+    let port = |node: &str| node.rsplit(':').next().unwrap().to_string();
+    let any = port(&nodes[0]);
+    let slot: u16 = redis_cli(
+        &any,
+        &["cluster", "keyslot", &format!("tc:recent:{{{id}}}")],
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    let table = redis_cli(&any, &["cluster", "nodes"]).await;
+    let primary = table
+        .lines()
+        .find(|line| line.contains("master") && !line.contains("fail") && serves(line, slot))
+        .expect("a primary serves the slot");
+    let victim = port(
+        primary
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap(),
+    );
+    // kill -9: gone at once, as a crashed machine.
+    let info = redis_cli(&victim, &["info", "server"]).await;
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let killed = Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+
+    // Ingest answers throughout the failover.
+    for i in 4..9 {
+        let (status, body) = app.post_points(&ann, &id, pt(i)).await;
+        assert_eq!(
+            (status, body["accepted"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "{body}"
+        );
+    }
+    // Promoted: another primary, not failing, serves the slot.
+    let survivor = nodes
+        .iter()
+        .map(|n| port(n))
+        .find(|p| *p != victim)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = redis_cli(&survivor, &["cluster", "nodes"]).await;
+        let promoted = table.lines().any(|line| {
+            line.contains("master")
+                && !line.contains("fail")
+                && !line.contains(&format!(":{victim}@"))
+                && serves(line, slot)
+        });
+        if promoted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica was promoted: {table}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until_settled(&app).await;
+    let (_, ready) = app.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(
+        ready["checks"]["recent_positions"]["status"], "up",
+        "{ready}"
+    );
+
+    let store = RedisRecentStore::cluster(&nodes, "tc:").unwrap();
+    let stream = store.since(id.parse().unwrap(), None, 100).await.unwrap();
+    let points: Vec<i64> = stream
+        .iter()
+        .filter_map(|e| match &e.item {
+            RecentItem::Point(p) => Some(p.ts),
+            _ => None,
+        })
+        .collect();
+    let mut sorted = points.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), points.len(), "no point twice: {points:?}");
+    assert_eq!(
+        sorted,
+        (1..9).map(|i| t0 + i * 1000).collect::<Vec<_>>(),
+        "every point"
+    );
+
+    // The dead primary comes back as a replica: the cluster is whole again.
+    own_cluster().await;
+}

@@ -756,6 +756,30 @@ async fn a_redis_cluster_primary_dies_mid_activity() {
         (1..9).map(|i| t0 + i * 1000).collect::<Vec<_>>(),
         "every point"
     );
+    // And a watcher polling from now on gets each of them once, as their
+    // lag passes (re-published points count from their new arrival).
+    let (mut seen, mut cursor) = (Vec::new(), String::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 8 {
+        assert!(Instant::now() < deadline, "watcher got only {seen:?}");
+        let (status, live) = app
+            .get(
+                &format!("/v1/activities/{id}/live?lag=5&after={cursor}"),
+                &ann.token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{live}");
+        for p in live["points"].as_array().unwrap() {
+            seen.push(p["ts"].as_str().unwrap().to_string());
+        }
+        cursor = live["cursor"].as_str().unwrap().to_string();
+        let retry = live["retry_after_ms"].as_u64().unwrap().min(1_000);
+        tokio::time::sleep(Duration::from_millis(retry)).await; // as a client is told to
+    }
+    let mut once = seen.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!((seen.len(), once.len()), (8, 8), "{seen:?}");
 
     // The dead primary comes back as a replica: the cluster is whole again.
     own_cluster().await;

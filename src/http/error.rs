@@ -140,6 +140,15 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %chain(&e), "write refused: storage full");
                 ApiError::StorageFull
             }
+            StoreError::Busy { .. } => {
+                tracing::warn!(error = %chain(&e), "storage busy");
+                metrics::counter!("trailcast_store_busy_total").increment(1);
+                ApiError::Unavailable {
+                    code: "storage_busy",
+                    message: "storage is busy; retry shortly".into(),
+                    retry_after_s: 1,
+                }
+            }
             e => ApiError::Internal(Box::new(e)),
         }
     }
@@ -218,4 +227,31 @@ pub async fn json_errors(response: Response) -> Response {
         }
     }
     rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client is told for each kind of storage failure: retry
+    /// shortly (busy), retry later (full), or nothing to retry (internal).
+    #[test]
+    fn storage_failures_map_to_statuses_a_client_can_act_on() {
+        let cases = [
+            (StoreError::busy("scylla", "overloaded"), 503, Some("1")),
+            (StoreError::full("fjall", "no space"), 507, Some("30")),
+            (StoreError::backend("scylla", "syntax"), 500, None),
+        ];
+        for (e, status, retry) in cases {
+            let response = ApiError::from(e).into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap()),
+                retry
+            );
+        }
+    }
 }

@@ -48,6 +48,15 @@ pub enum StoreError {
         #[source]
         source: Cause,
     },
+    /// The cluster is overloaded, timing out or short of replicas: retry
+    /// shortly (a write that timed out may or may not have been applied;
+    /// every write is idempotent).
+    #[error("{op}: storage is busy")]
+    Busy {
+        op: &'static str,
+        #[source]
+        source: Cause,
+    },
     /// The disk under the store is (about to be) full: nothing was
     /// written; retry when space returns.
     #[error("{op}: storage is full")]
@@ -61,6 +70,13 @@ pub enum StoreError {
 impl StoreError {
     pub fn backend(op: &'static str, cause: impl Into<BoxError>) -> StoreError {
         StoreError::Backend {
+            op,
+            source: Cause(Arc::from(cause.into())),
+        }
+    }
+
+    pub fn busy(op: &'static str, cause: impl Into<BoxError>) -> StoreError {
+        StoreError::Busy {
             op,
             source: Cause(Arc::from(cause.into())),
         }
@@ -86,6 +102,7 @@ impl StoreError {
             StoreError::Backend { source, .. } => StoreError::Backend { op: name, source },
             StoreError::Corrupt { source, .. } => StoreError::Corrupt { op: name, source },
             StoreError::Full { source, .. } => StoreError::Full { op: name, source },
+            StoreError::Busy { source, .. } => StoreError::Busy { op: name, source },
         }
     }
 }

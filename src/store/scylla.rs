@@ -178,8 +178,35 @@ pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> an
     Ok(())
 }
 
+/// A failed request: `Busy` when the cluster is overloaded, timing out or
+/// short of replicas (the client may retry: 503 with Retry-After), else a
+/// backend failure (500).
 fn backend(e: impl Into<BoxError>) -> StoreError {
-    StoreError::backend("scylla", e)
+    let e = e.into();
+    match is_busy(e.as_ref()) {
+        true => StoreError::busy("scylla", e),
+        false => StoreError::backend("scylla", e),
+    }
+}
+
+/// Whether a driver error says "not now" rather than "wrong": timeouts
+/// (client or coordinator), overloaded or bootstrapping nodes, too few
+/// replicas alive, rate limits, no connection to any node.
+fn is_busy(e: &(dyn std::error::Error + 'static)) -> bool {
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+    match e.downcast_ref::<ExecutionError>() {
+        Some(ExecutionError::RequestTimeout(_) | ExecutionError::ConnectionPoolError(_)) => true,
+        Some(ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _))) => matches!(
+            db,
+            DbError::Overloaded
+                | DbError::IsBootstrapping
+                | DbError::Unavailable { .. }
+                | DbError::ReadTimeout { .. }
+                | DbError::WriteTimeout { .. }
+                | DbError::RateLimitReached { .. }
+        ),
+        _ => false,
+    }
 }
 
 fn corrupt(e: impl Into<BoxError>) -> StoreError {
@@ -1052,6 +1079,37 @@ impl FieldStore for ScyllaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Overload, timeouts and missing replicas are `Busy` (503 with
+    /// Retry-After, the client retries); anything else stays a failure.
+    #[test]
+    fn overload_and_timeouts_are_busy_the_rest_fails() {
+        use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+        let attempt = |db: DbError| {
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, "test".into()))
+        };
+        let busy = [
+            ExecutionError::RequestTimeout(std::time::Duration::from_secs(2)),
+            attempt(DbError::Overloaded),
+            attempt(DbError::IsBootstrapping),
+        ];
+        for e in busy {
+            let text = e.to_string();
+            assert!(matches!(backend(e), StoreError::Busy { .. }), "{text}");
+        }
+        for e in [
+            attempt(DbError::SyntaxError),
+            attempt(DbError::Invalid),
+            attempt(DbError::ServerError),
+        ] {
+            let text = e.to_string();
+            assert!(matches!(backend(e), StoreError::Backend { .. }), "{text}");
+        }
+        assert!(matches!(
+            backend("not a driver error"),
+            StoreError::Backend { .. }
+        ));
+    }
 
     #[test]
     fn default_render_is_the_shipped_file() {

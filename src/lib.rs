@@ -107,6 +107,8 @@ pub async fn run(
     sweepers.push(limiter.clone());
     let rules = Arc::new(http::privacy::RulesCache::default());
     sweepers.push(rules.clone());
+    let tokens = Arc::new(http::tokens::TokenCache::default());
+    sweepers.push(tokens.clone());
     let sweeper = tokio::spawn(sweep(tracker.clone(), sweepers, clock, closing_rx.clone()));
 
     let ctx = ApiContext {
@@ -118,6 +120,7 @@ pub async fn run(
         metrics: telemetry::metrics_handle(),
         live: live::LiveHub::new(backends.recent.clone(), clock, closing_rx.clone()),
         limiter,
+        tokens,
         signups,
         leaderboard: backends.leaderboard.clone(),
         boards: Arc::default(),

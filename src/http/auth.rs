@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
+use super::tokens::Cached;
 use super::{ApiContext, ApiError};
 use crate::store::User;
 
@@ -55,14 +56,22 @@ pub fn protocol_token<'h>(headers: &'h HeaderMap, kind: &str) -> Option<&'h str>
 }
 
 /// The user a token belongs to, or `Unauthorized`; counts the request
-/// against the user's rate limit.
+/// against the user's rate limit. Looked up in the token cache first.
 pub async fn user_for_token(ctx: &ApiContext, token: &str) -> Result<User, ApiError> {
-    let user = ctx
-        .store
-        .users
-        .user_by_token(hash_token(token))
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+    let hash = hash_token(token);
+    let now = ctx.clock.now_ms();
+    let user = match ctx.tokens.get(&hash, now) {
+        Cached::Found(user) => {
+            metrics::counter!("trailcast_token_cache_hits_total").increment(1);
+            user
+        }
+        Cached::Missing => return Err(ApiError::Unauthorized),
+        Cached::Unknown => {
+            let found = ctx.store.users.user_by_token(hash).await?;
+            ctx.tokens.put(hash, found.clone(), now);
+            found.ok_or(ApiError::Unauthorized)?
+        }
+    };
     ctx.limiter
         .check(user.id)
         .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;

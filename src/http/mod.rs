@@ -23,6 +23,7 @@ pub(crate) mod points;
 pub mod privacy;
 pub mod ratelimit;
 mod shares;
+pub mod tokens;
 pub mod users;
 mod views;
 mod web;
@@ -66,6 +67,8 @@ pub struct ApiContext {
     pub metrics: PrometheusHandle,
     pub live: Arc<LiveHub>,
     pub limiter: Arc<ratelimit::RateLimiter>,
+    /// Token → user, recently looked up (see `tokens`).
+    pub tokens: Arc<tokens::TokenCache>,
     /// Sign-ups per client address.
     pub signups: Arc<ratelimit::RateLimiter>,
     pub leaderboard: Arc<dyn crate::store::leaderboard::Leaderboard>,

@@ -219,6 +219,7 @@ struct Statements {
     insert_user_token: PreparedStatement,
     select_user: PreparedStatement,
     select_user_by_token: PreparedStatement,
+    select_user_by_token_one: PreparedStatement,
     insert_friend_request: PreparedStatement,
     delete_friend_request: PreparedStatement,
     select_friend_request: PreparedStatement,
@@ -286,6 +287,17 @@ impl Statements {
                  WHERE token_hash = ?"
             ))
             .await?,
+            // A token never changes once written: one replica that has it
+            // is enough (a miss is asked again at the configured level).
+            select_user_by_token_one: {
+                let mut one = prepare(format!(
+                    "SELECT user_id, name, created_at, region FROM {ks}.user_tokens \
+                     WHERE token_hash = ?"
+                ))
+                .await?;
+                one.set_consistency(Consistency::LocalOne);
+                one
+            },
             insert_friend_request: prepare(format!(
                 "INSERT INTO {ks}.friend_requests (from_id, to_id) VALUES (?, ?)"
             ))
@@ -615,9 +627,16 @@ impl UserStore for ScyllaStore {
     }
 
     async fn user_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<User>> {
-        let row: Option<UserRow> = self
-            .one_row(&self.q.select_user_by_token, (&token_hash[..],))
+        let mut row: Option<UserRow> = self
+            .one_row(&self.q.select_user_by_token_one, (&token_hash[..],))
             .await?;
+        if row.is_none() {
+            // Not on the replica asked (a sign-up a moment ago, a replica
+            // catching up): ask a quorum before saying no.
+            row = self
+                .one_row(&self.q.select_user_by_token, (&token_hash[..],))
+                .await?;
+        }
         Ok(row.map(Self::user_from))
     }
 

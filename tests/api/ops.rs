@@ -146,3 +146,24 @@ fn regex_lite_route() -> impl Fn(&str) -> Vec<(String, Vec<String>)> {
         out
     }
 }
+
+/// A token is read from the store once, then from the node's cache; an
+/// unknown one is refused every time.
+#[tokio::test]
+async fn tokens_are_looked_up_once_then_cached() {
+    let app = spawn_app().await;
+    let ann = app.user("Ann").await;
+    let hits = |text: &str| metric(text, "trailcast_token_cache_hits_total").unwrap_or(0.0);
+    let before = hits(&app.metrics().await);
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/me", &ann.token).await.0, StatusCode::OK);
+    }
+    // The recorder is shared by every server in this process: at least.
+    assert!(hits(&app.metrics().await) >= before + 2.0);
+    for _ in 0..2 {
+        assert_eq!(
+            app.get("/v1/me", "tc_not-a-token").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

@@ -27,6 +27,7 @@
 pub mod client;
 pub mod engine;
 pub mod options;
+pub mod order;
 pub mod redis_info;
 pub mod report;
 pub mod server_metrics;

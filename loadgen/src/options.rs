@@ -105,6 +105,16 @@ pub struct Options {
     /// Seed for routes, intervals and phases.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Instead of the simulation: the out-of-order benchmark with tracks of
+    /// this many points (module `order`), printing shuffled / in-order time.
+    #[arg(long, value_name = "POINTS")]
+    pub order_test: Option<usize>,
+    /// Block size of the out-of-order shuffle.
+    #[arg(long, default_value_t = 10)]
+    pub order_block: usize,
+    /// Activities posted at once in the out-of-order benchmark.
+    #[arg(long, default_value_t = 4)]
+    pub order_tracks: usize,
     /// Machine-readable report on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -168,6 +178,20 @@ impl Options {
             (5.0..=10.0).contains(&self.watch_lag),
             "--watch-lag must be 5 to 10 seconds"
         );
+        if let Some(points) = self.order_test {
+            ensure!(
+                (1..=200_000).contains(&points),
+                "--order-test must be 1..=200000 points (it must stop by itself)"
+            );
+            ensure!(
+                (1..=1000).contains(&self.order_block),
+                "--order-block must be 1..=1000"
+            );
+            ensure!(
+                (1..=64).contains(&self.order_tracks),
+                "--order-tracks must be 1..=64"
+            );
+        }
         if let Some(url) = &self.redis_info {
             crate::redis_info::address(url)?;
         }

@@ -104,6 +104,11 @@ impl TrackAccumulator {
         self.last_ts
     }
 
+    /// Points pushed so far (kept or not).
+    pub fn points(&self) -> u64 {
+        self.summary.points
+    }
+
     /// Adds the next point of the track; `p.ts` must be later than every
     /// point pushed before.
     pub fn push(&mut self, activity: &Activity, p: &Point) {

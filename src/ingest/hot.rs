@@ -13,6 +13,7 @@
 //! `IDLE_EVICT_MS`, which bounds the map by the activities active in that
 //! window.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -21,9 +22,10 @@ use uuid::Uuid;
 
 use super::{ActivitySnapshot, IngestError};
 use crate::clock::Clock;
+use crate::domain::Point;
 use crate::domain::time::Millis;
 use crate::domain::{Activity, TrackAccumulator};
-use crate::store::{Persistence, read_track};
+use crate::store::{Persistence, PointStore, read_track, read_track_after};
 
 /// Entries untouched this long are dropped from the map.
 pub const IDLE_EVICT_MS: Millis = 10 * 60 * 1000;
@@ -42,7 +44,20 @@ pub(crate) struct Hot {
     pub synced: Millis,
     /// When this node last marked the activity in the live registry.
     pub marked: Millis,
+    /// Copies of `acc` as it was after every `CHECKPOINT_EVERY`th point of
+    /// the recent track, oldest first: a late point is folded in from the
+    /// newest one before it instead of from the start of the track. Empty
+    /// until the activity's first late point, so in-order activities pay
+    /// no memory for them.
+    pub checkpoints: VecDeque<TrackAccumulator>,
 }
+
+/// Points between two checkpoints of the running statistics.
+pub const CHECKPOINT_EVERY: u64 = 64;
+/// Checkpoints kept per activity: a late point within about the newest
+/// `CHECKPOINT_EVERY * CHECKPOINTS_KEPT` points costs a re-fold of at most
+/// that many points read from storage; an older one re-folds the track.
+pub const CHECKPOINTS_KEPT: usize = 4;
 
 impl Hot {
     pub fn fresh(activity: Activity, now: Millis) -> Hot {
@@ -52,7 +67,77 @@ impl Hot {
             touched: now,
             synced: now,
             marked: 0,
+            checkpoints: VecDeque::new(),
         }
+    }
+
+    /// Replaces the running statistics (a full re-fold, a state change):
+    /// checkpoints of the old ones no longer apply.
+    pub fn set_acc(&mut self, acc: TrackAccumulator) {
+        self.acc = acc;
+        self.checkpoints.clear();
+    }
+
+    /// Adds points later than every point folded so far.
+    pub fn push_in_order(&mut self, points: &[Point]) {
+        let Hot {
+            activity,
+            acc,
+            checkpoints,
+            ..
+        } = self;
+        for p in points {
+            acc.push(activity, p);
+            if !checkpoints.is_empty() {
+                keep_checkpoint(checkpoints, acc);
+            }
+        }
+    }
+
+    /// Folds in points of which the first is not later than the newest
+    /// point folded so far. They are already stored: the track after the
+    /// newest checkpoint before them is read back and re-folded, or the
+    /// whole track when no checkpoint is that old.
+    pub async fn fold_late(
+        &mut self,
+        points: &dyn PointStore,
+        first_ts: Millis,
+    ) -> Result<(), IngestError> {
+        // A checkpoint at or after the late point's time lacks it.
+        while self
+            .checkpoints
+            .back()
+            .is_some_and(|c| c.last_ts().is_some_and(|t| t >= first_ts))
+        {
+            self.checkpoints.pop_back();
+        }
+        let id = self.activity.id;
+        let newest = self.checkpoints.back();
+        let (mut acc, tail) = match newest.and_then(|c| Some((c, c.last_ts()?))) {
+            Some((c, after)) => {
+                metrics::counter!("trailcast_late_refold_total", "from" => "checkpoint")
+                    .increment(1);
+                (c.clone(), read_track_after(points, id, after).await?)
+            }
+            None => {
+                metrics::counter!("trailcast_late_refold_total", "from" => "start").increment(1);
+                let track = read_track(points, id).await?;
+                (TrackAccumulator::new(self.activity.activity_type), track)
+            }
+        };
+        for p in &tail {
+            acc.push(&self.activity, p);
+            keep_checkpoint(&mut self.checkpoints, &acc);
+        }
+        if self.checkpoints.is_empty() {
+            // Too short a track for a checkpoint: keep the empty fold, so
+            // that the next late point re-reads no more than now and the
+            // in-order path starts taking checkpoints.
+            self.checkpoints
+                .push_back(TrackAccumulator::new(self.activity.activity_type));
+        }
+        self.acc = acc;
+        Ok(())
     }
 
     pub fn snapshot(&self) -> ActivitySnapshot {
@@ -108,7 +193,7 @@ impl HotActivities {
         let track = read_track(self.store.points.as_ref(), id).await?;
         let acc = TrackAccumulator::from_track(&activity, &track);
         let mut hot = Hot::fresh(activity, self.clock.now_ms());
-        hot.acc = acc;
+        hot.set_acc(acc);
         // Two loads may race; the first one in wins and both use it.
         Ok(self
             .map
@@ -133,7 +218,7 @@ impl HotActivities {
         let a = &hot.activity;
         if (stored.state, &stored.events, &stored.track) != (a.state, &a.events, &a.track) {
             let track = read_track(self.store.points.as_ref(), id).await?;
-            hot.acc = TrackAccumulator::from_track(&stored, &track);
+            hot.set_acc(TrackAccumulator::from_track(&stored, &track));
             hot.activity = stored;
         }
         hot.synced = now;
@@ -151,5 +236,14 @@ impl HotActivities {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+fn keep_checkpoint(checkpoints: &mut VecDeque<TrackAccumulator>, acc: &TrackAccumulator) {
+    if acc.points().is_multiple_of(CHECKPOINT_EVERY) {
+        if checkpoints.len() == CHECKPOINTS_KEPT {
+            checkpoints.pop_front();
+        }
+        checkpoints.push_back(acc.clone());
     }
 }

@@ -243,7 +243,7 @@ impl Tracker {
         self.outbox.count_on_leaderboards(&mut next).await;
         self.store.activities.put_activity(&next).await?;
         hot.activity = next;
-        hot.acc = acc;
+        hot.set_acc(acc);
         hot.touched = now;
         hot.synced = now;
         if self.outbox.register(&hot.activity, now).await {
@@ -405,13 +405,10 @@ impl Tracker {
                 .map_err(|_| StoreError::backend("write-behind queue", "the writer stopped"))??;
             let in_order = newest.is_none_or(|n| fresh[0].ts > n);
             if in_order {
-                let Hot { activity, acc, .. } = &mut *hot;
-                for p in &fresh {
-                    acc.push(activity, p);
-                }
+                hot.push_in_order(&fresh);
             } else {
-                let track = read_track(self.store.points.as_ref(), id).await?;
-                hot.acc = TrackAccumulator::from_track(&hot.activity, &track);
+                hot.fold_late(self.store.points.as_ref(), fresh[0].ts)
+                    .await?;
             }
             if !hot.activity.is_live() {
                 // Late points after the finish (offline sync): keep the

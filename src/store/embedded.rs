@@ -599,6 +599,27 @@ impl PointStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn points_after(
+        &self,
+        activity: Uuid,
+        after: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Point>> {
+        let this = self.clone();
+        blocking(move || {
+            let start = std::ops::Bound::Excluded(point_key(activity, after).to_vec());
+            let end = std::ops::Bound::Included(point_key(activity, Millis::MAX).to_vec());
+            let mut out = Vec::with_capacity(limit.min(ROUTE_PREALLOC));
+            for kv in this.points.range((start, end)).take(limit) {
+                let (key, value) = kv.into_inner()?;
+                let ts = ts_from_key(&key[16..]).ok_or_else(|| corrupt("point key"))?;
+                out.push(Point::decode_value(ts, &value).ok_or_else(|| corrupt("point value"))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 const ROUTE_PREALLOC: usize = 1024;

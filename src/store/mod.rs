@@ -315,6 +315,15 @@ pub trait PointStore: Send + Sync + 'static {
         from: Option<RouteCursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Point>, Option<RouteCursor>)>;
+    /// At most `limit` points of the track later than `after`, in time
+    /// order: how the write path re-folds the tail of a track after a late
+    /// point without reading it from the start.
+    async fn points_after(
+        &self,
+        activity: Uuid,
+        after: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Point>>;
 }
 
 /// Where a route read goes on: opaque to callers. The embedded store keeps
@@ -324,6 +333,24 @@ pub struct RouteCursor(pub Vec<u8>);
 
 /// Page size when a whole track is read: no single unbounded query.
 pub const ROUTE_PAGE: usize = 5_000;
+
+/// Reads the track later than `after`, time-ordered, one page at a time.
+pub async fn read_track_after(
+    points: &dyn PointStore,
+    activity: Uuid,
+    mut after: Millis,
+) -> StoreResult<Vec<Point>> {
+    let mut track: Vec<Point> = Vec::new();
+    loop {
+        let page = points.points_after(activity, after, ROUTE_PAGE).await?;
+        let full = page.len() == ROUTE_PAGE;
+        track.extend(page);
+        match track.last() {
+            Some(last) if full => after = last.ts,
+            _ => return Ok(track),
+        }
+    }
+}
 
 /// Reads an activity's whole track, time-ordered, one page at a time.
 pub async fn read_track(points: &dyn PointStore, activity: Uuid) -> StoreResult<Vec<Point>> {

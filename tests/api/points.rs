@@ -255,3 +255,68 @@ async fn a_full_write_queue_answers_503_with_retry_after() {
         .await;
     assert_eq!(ok["accepted"], 5);
 }
+
+/// What an offline phone produces: fixes shuffled within blocks of ten, one
+/// per request, plus one far older than the rest. The running statistics
+/// (folded from the newest checkpoint before a late point, or from the
+/// start when none is old enough) must equal a fold of the whole stored
+/// track, which COMPLETE computes.
+#[tokio::test]
+async fn late_points_fold_into_the_running_statistics_as_a_full_recompute_would() {
+    let app = spawn_app().await;
+    let ann = app.user("Ann").await;
+    let t0 = now_ms() - 60 * MIN;
+    let id = app
+        .start(&ann, json!({"type": "RUN", "started_at": t0}))
+        .await;
+    // Climbing and descending, with a noisy fix now and then, so that
+    // distance, elevation and the jump filter all depend on the order.
+    let mut points: Vec<serde_json::Value> = track(t0, 700, 3000, 3.0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut p)| {
+            p["alt"] = json!(500.0 + 40.0 * ((i as f64) / 60.0).sin());
+            if i % 97 == 13 {
+                p["lng"] = json!(11.01);
+            }
+            p
+        })
+        .collect();
+    // A detour of about 20 m sideways, so that it adds distance.
+    let mut far_late = points.remove(20);
+    far_late["lng"] = json!(11.0003);
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    // A fixed shuffle within each block of ten (no randomness in tests).
+    for block in order.chunks_mut(10) {
+        block.reverse();
+        block.swap(0, block.len() / 2);
+    }
+    let mut live = serde_json::Value::Null;
+    for i in order {
+        let (status, body) = app.post_points(&ann, &id, points[i].clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        live = body;
+    }
+    let (status, body) = app.post_points(&ann, &id, far_late.clone()).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let before_far = live;
+    live = body;
+    assert_ne!(
+        before_far["stats"]["distance_m"], live["stats"]["distance_m"],
+        "the far late point changes the distance"
+    );
+    let path = format!("/v1/activities/{id}");
+    let (_, done) = app
+        .patch(&path, &ann.token, json!({"state": "COMPLETE"}))
+        .await;
+    for key in ["distance_m", "elevation_gain_m", "points"] {
+        assert_eq!(live["stats"][key], done["stats"][key], "{key}");
+    }
+    assert_eq!(done["stats"]["points"], 700);
+    assert!(done["stats"]["distance_m"].as_f64().unwrap() > 5_000.0);
+    let (_, route) = app.get(&format!("{path}/route"), &ann.token).await;
+    assert_eq!(route["points"].as_array().unwrap().len(), 700);
+}

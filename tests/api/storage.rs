@@ -577,6 +577,40 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
     } else {
         uncovered.push("route page bound");
     }
+
+    // The tail after a time: strictly later, in order, bounded, and read
+    // to the end in pages. (The CQL test server cannot parse `ts > ?`.)
+    if !server.full_cql {
+        uncovered.push("points after a time");
+        return Report { covered, uncovered };
+    }
+    let after = store
+        .points
+        .points_after(x, t0 + 239_000, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|p| p.ts).collect::<Vec<_>>(),
+        expected[240..].iter().map(|p| p.ts).collect::<Vec<_>>()
+    );
+    let two = store.points.points_after(x, t0 + 100, 2).await.unwrap();
+    assert_eq!(
+        two.iter().map(|p| p.ts).collect::<Vec<_>>(),
+        [t0 + 1000, t0 + 2000]
+    );
+    let tail = trailcast::store::read_track_after(store.points.as_ref(), x, t0 + 9_500)
+        .await
+        .unwrap();
+    assert_eq!(tail.len(), 240);
+    assert!(
+        store
+            .points
+            .points_after(x, t0 + 249_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    covered.push("points after a time");
     Report { covered, uncovered }
 }
 

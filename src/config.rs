@@ -66,6 +66,14 @@ pub struct ScyllaArgs {
         default_value_t = 1024
     )]
     pub max_in_flight: usize,
+    /// How long one request to the cluster may take (retries included)
+    /// before it fails as busy: the client gets 503 with Retry-After.
+    #[arg(
+        long = "scylla-request-timeout-ms",
+        env = "TRAILCAST_SCYLLA_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -147,6 +155,12 @@ pub struct Config {
     /// Most points written by one group commit.
     #[arg(long, env = "TRAILCAST_MAX_BATCH_POINTS", default_value_t = 20_000)]
     pub max_batch_points: usize,
+    /// Group commits in flight at once. Unset: 1 on the embedded store
+    /// (one fsync at a time is its fastest group commit), 16 on ScyllaDB
+    /// (a commit is network round trips, and one at a time would cap a node
+    /// at about 64 batches per write latency).
+    #[arg(long, env = "TRAILCAST_MAX_FLUSHES")]
+    pub max_flushes: Option<usize>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "TRAILCAST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

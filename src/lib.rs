@@ -75,6 +75,12 @@ pub async fn run(
         BatcherConfig {
             queue_points: config.queue_points,
             max_batch_points: config.max_batch_points,
+            max_flushes: config
+                .max_flushes
+                .unwrap_or(match config.scylla.nodes.is_empty() {
+                    true => 1,
+                    false => 16,
+                }),
         },
         drain_rx,
     );

@@ -298,6 +298,9 @@ pub(crate) fn decode_cursor(s: &str) -> Option<HistoryKey> {
 
 /// Up to `limit` activities of `athlete` after `after` that pass `keep`,
 /// reading the history partition page by page.
+/// Friends' history pages read at once for the friends feed.
+const FEED_READS_IN_FLIGHT: usize = 16;
+
 async fn history_page(
     ctx: &ApiContext,
     athlete: Uuid,
@@ -344,15 +347,20 @@ async fn list_activities(
             .await?
         }
         HistoryMode::Friends => {
-            let mut all = Vec::new();
-            for friend in ctx.store.users.friends_of(me.id).await? {
-                all.extend(
+            // Each friend's newest page after the cursor, read
+            // `FEED_READS_IN_FLIGHT` friends at a time, merged newest first.
+            use futures_util::{StreamExt, TryStreamExt};
+            let friends = ctx.store.users.friends_of(me.id).await?;
+            let pages: Vec<Vec<Activity>> = futures_util::stream::iter(friends)
+                .map(|friend| {
                     history_page(&ctx, friend, after, limit + 1, |a| {
                         a.state != ActivityState::Discarded && a.visibility != Visibility::Private
                     })
-                    .await?,
-                );
-            }
+                })
+                .buffer_unordered(FEED_READS_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            let mut all: Vec<Activity> = pages.into_iter().flatten().collect();
             all.sort_by_key(|a| std::cmp::Reverse(HistoryKey::of(a)));
             all
         }

@@ -771,13 +771,21 @@ async fn friends_live(
         Ok(live) => live.into_iter().map(|(_, activity)| activity).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "live registry unavailable; reading histories");
-            let mut ids = Vec::new();
-            for friend in &friends {
-                // Live activities are the newest ones; a handful covers any athlete.
-                let newest = ctx.store.activities.history(*friend, None, 5).await?;
-                ids.extend(newest.iter().filter(|a| a.is_live()).map(|a| a.id));
-            }
-            ids
+            // Live activities are the newest ones; a handful covers any
+            // athlete. Read 16 friends at a time.
+            use futures_util::{StreamExt, TryStreamExt};
+            let newest: Vec<Vec<crate::domain::Activity>> =
+                futures_util::stream::iter(friends.iter().copied())
+                    .map(|friend| ctx.store.activities.history(friend, None, 5))
+                    .buffered(16)
+                    .try_collect()
+                    .await?;
+            newest
+                .into_iter()
+                .flatten()
+                .filter(|a| a.is_live())
+                .map(|a| a.id)
+                .collect()
         }
     };
     let mut items = Vec::new();

@@ -1,11 +1,20 @@
 //! The write-behind batcher: group commit for points.
 //!
 //! Request handlers `submit` their validated, de-duplicated points and await
-//! the returned receiver; one writer task takes every job waiting in the
-//! queue (up to `max_batch_points`), writes them with a single
-//! `PointStore::append_points` call (one fsync / one Scylla batch round) and
-//! then answers every job. A request is therefore acknowledged only after its
-//! points are durable, and under load many requests share one commit.
+//! the returned receiver; the writer task takes every job waiting in the
+//! queue (up to `max_batch_points`) as one group, writes it with one
+//! `PointStore::append_groups` call (one fsync / one round of Scylla
+//! batches) and answers each job by its own outcome. A request is therefore
+//! acknowledged only after its points are durable, and under load many
+//! requests share one commit.
+//!
+//! Up to `max_flushes` groups are written at once: the writer starts the
+//! next group as soon as a flush slot is free, not when the previous write
+//! returns, so a backend whose commit is a network round trip (Scylla) is
+//! not capped at one round trip per group. While every slot is busy, jobs
+//! wait in the queue and make the next group larger. Requests for one
+//! activity are serialised by its hot entry (the handler holds it until its
+//! points are durable), so concurrent groups never race on one partition.
 //!
 //! Bounds: the queue holds at most `queue_points` points, counted with a
 //! semaphore whose permits travel with each job and are released after its
@@ -32,6 +41,8 @@ pub struct BatcherConfig {
     pub queue_points: usize,
     /// Most points written in one group commit.
     pub max_batch_points: usize,
+    /// Group commits in flight at once (at least 1).
+    pub max_flushes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +116,12 @@ async fn write_loop(
     config: BatcherConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let flushes = Arc::new(Semaphore::new(config.max_flushes.max(1)));
     loop {
+        // A free flush slot first: while none is, jobs gather in the queue.
+        let Ok(slot) = flushes.clone().acquire_owned().await else {
+            break;
+        };
         let first = tokio::select! {
             job = rx.recv() => job,
             _ = crate::stopped(&mut shutdown) => {
@@ -125,32 +141,38 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        flush_batch(store.as_ref(), jobs, n).await;
-        let queued = config.queue_points - room.available_permits();
-        metrics::gauge!("trailcast_write_queue_points").set(queued as f64);
+        let (store, room) = (store.clone(), room.clone());
+        tokio::spawn(async move {
+            flush_batch(store.as_ref(), jobs, n).await;
+            let queued = config.queue_points - room.available_permits();
+            metrics::gauge!("trailcast_write_queue_points").set(queued as f64);
+            drop(slot);
+        });
     }
+    // Every flush still running holds a slot: having them all means done.
+    let _all = flushes.acquire_many(config.max_flushes.max(1) as u32).await;
     tracing::info!("write-behind queue drained");
 }
 
 async fn flush_batch(store: &dyn PointStore, jobs: Vec<Job>, n: usize) {
     let started = Instant::now();
-    let mut points = Vec::with_capacity(n);
-    for job in &jobs {
-        points.extend_from_slice(&job.points);
+    let mut groups = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        groups.push(job.points);
+        replies.push((job.done, job._permit));
     }
-    let result = store.append_points(Arc::new(points)).await;
+    let results = store.append_groups(groups).await;
     metrics::histogram!("trailcast_batch_points").record(n as f64);
     metrics::histogram!("trailcast_flush_seconds").record(started.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        tracing::error!(error = %e, points = n, "group commit failed");
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        tracing::error!(error = %e, points = n, requests = results.len(), failed, "group commit failed");
     }
-    for job in jobs {
-        let reply = match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e.clone()),
-        };
+    for ((done, permit), result) in replies.into_iter().zip(results) {
         // The handler may have gone away (client disconnected); the points
-        // are durable either way.
-        let _ = job.done.send(reply);
+        // are durable either way. The room is given back once answered.
+        let _ = done.send(result);
+        drop(permit);
     }
 }

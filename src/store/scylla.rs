@@ -16,9 +16,13 @@
 //! one partition each; a record kept in two tables (activity and history
 //! entry, user and token, share and token) goes in one logged batch so both
 //! or neither land. Every statement here is an upsert, a delete or a read,
-//! so all are marked idempotent and the driver's default retry policy may
-//! retry them; nothing here (no counters, no list appends) would double on a
-//! retry. Requests in flight from this node are bounded by a semaphore.
+//! so all are marked idempotent and may be retried; nothing here (no
+//! counters, no list appends) would double on a retry. The retry policy
+//! (`WriteTimeoutRetry`) is the driver's default plus up to two retries of
+//! an idempotent write that timed out on its replicas (the default retries
+//! only batch-log timeouts, so an overloaded replica would fail a point
+//! write at once). Requests in flight from this node are bounded by a
+//! semaphore; one request, retries included, by `--scylla-request-timeout-ms`.
 //! Consistency is configurable, LOCAL_QUORUM by default, for reads and
 //! writes alike, so a point acknowledged by one node is read by another.
 //!
@@ -36,7 +40,9 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
-use scylla::policies::retry::DefaultRetryPolicy;
+use scylla::policies::retry::{
+    DefaultRetrySession, RequestInfo, RetryDecision, RetryPolicy, RetrySession,
+};
 use scylla::response::query_result::QueryResult;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
@@ -74,7 +80,8 @@ const BATCHES_IN_FLIGHT: usize = 64;
 const LOOKUPS_IN_FLIGHT: usize = 32;
 /// Rows per page when a whole partition is read (friend lists).
 const MAX_PAGE_ROWS: usize = 1_000;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of an idempotent write that timed out on its replicas.
+const WRITE_TIMEOUT_RETRIES: u8 = 2;
 
 /// The schema with the keyspace and its replication filled in; with the
 /// defaults it is [`SCHEMA`] byte for byte.
@@ -143,8 +150,8 @@ pub async fn connect(args: &ScyllaArgs, schema_agreement: bool) -> anyhow::Resul
     let profile = ExecutionProfile::builder()
         .consistency(parse_consistency(&args.consistency)?)
         .load_balancing_policy(policy.build())
-        .retry_policy(Arc::new(DefaultRetryPolicy::new()))
-        .request_timeout(Some(REQUEST_TIMEOUT))
+        .retry_policy(Arc::new(WriteTimeoutRetry))
+        .request_timeout(Some(Duration::from_millis(args.request_timeout_ms.max(1))))
         .build();
     SessionBuilder::new()
         .known_nodes(&args.nodes)
@@ -153,6 +160,53 @@ pub async fn connect(args: &ScyllaArgs, schema_agreement: bool) -> anyhow::Resul
         .build()
         .await
         .with_context(|| format!("connecting to ScyllaDB at {}", args.nodes.join(",")))
+}
+
+/// The driver's default retry policy, plus: an idempotent write that timed
+/// out on its replicas (coordinator `WriteTimeout`, any write type) is
+/// retried on the next replica up to `WRITE_TIMEOUT_RETRIES` times. Every
+/// write here is an upsert of the same values, so a retry of a write that
+/// did land changes nothing. Within the request timeout, so a stalled
+/// cluster still answers 503 in bounded time.
+#[derive(Debug)]
+pub struct WriteTimeoutRetry;
+
+impl RetryPolicy for WriteTimeoutRetry {
+    fn new_session(&self) -> Box<dyn RetrySession> {
+        Box::new(WriteTimeoutRetrySession {
+            default: DefaultRetrySession::new(),
+            write_timeouts: 0,
+        })
+    }
+}
+
+struct WriteTimeoutRetrySession {
+    default: DefaultRetrySession,
+    write_timeouts: u8,
+}
+
+impl RetrySession for WriteTimeoutRetrySession {
+    fn decide_should_retry(&mut self, info: RequestInfo) -> RetryDecision {
+        use scylla::errors::{DbError, RequestAttemptError};
+        let timed_out = matches!(
+            info.error,
+            RequestAttemptError::DbError(DbError::WriteTimeout { .. }, _)
+        );
+        if timed_out && info.is_idempotent && !info.consistency.is_serial() {
+            if self.write_timeouts < WRITE_TIMEOUT_RETRIES {
+                self.write_timeouts += 1;
+                metrics::counter!("trailcast_scylla_write_retries_total").increment(1);
+                return RetryDecision::RetryNextTarget(None);
+            }
+            return RetryDecision::DontRetry;
+        }
+        self.default.decide_should_retry(info)
+    }
+
+    fn reset(&mut self) {
+        self.default.reset();
+        self.write_timeouts = 0;
+    }
 }
 
 /// Creates whatever of the schema is missing and records its version.
@@ -839,44 +893,55 @@ fn unset<T>(value: Option<T>) -> MaybeUnset<T> {
 #[async_trait]
 impl PointStore for ScyllaStore {
     async fn append_points(&self, points: Arc<Vec<(Uuid, Point)>>) -> StoreResult<()> {
-        // Group by partition, keeping arrival order within each, then cut
-        // each partition's rows into batches (owned, so that the futures
-        // below borrow nothing but `self`).
-        let mut by_activity: HashMap<Uuid, Vec<PointValues>> = HashMap::new();
-        for (activity, p) in points.iter() {
-            by_activity.entry(*activity).or_default().push((
-                *activity,
-                CqlTimestamp(p.ts),
-                p.lat,
-                p.lng,
-                unset(p.alt),
-                unset(p.speed),
-                unset(p.accuracy),
-                unset(p.hr.map(i32::from)),
-                unset(p.cadence.map(i32::from)),
-                unset(p.battery.map(i32::from)),
-            ));
-        }
-        let mut batches: Vec<Vec<PointValues>> = Vec::new();
-        for rows in by_activity.into_values() {
-            let mut rows = rows.into_iter().peekable();
-            while rows.peek().is_some() {
-                batches.push(rows.by_ref().take(POINTS_PER_BATCH).collect());
+        let group = points.iter().copied().collect();
+        self.append_groups(vec![group])
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Each request's points go in unlogged batches of one partition
+    /// (`POINTS_PER_BATCH` rows each); the batches of every request run
+    /// together, `BATCHES_IN_FLIGHT` at a time, and each request is answered
+    /// by its own batches: a timed-out partition fails only the requests
+    /// that wrote to it.
+    async fn append_groups(&self, groups: Vec<Vec<(Uuid, Point)>>) -> Vec<StoreResult<()>> {
+        let mut batches: Vec<(usize, Vec<PointValues>)> = Vec::new();
+        for (request, points) in groups.iter().enumerate() {
+            // Group by partition, keeping arrival order within each.
+            let mut by_activity: HashMap<Uuid, Vec<PointValues>> = HashMap::new();
+            for (activity, p) in points {
+                by_activity
+                    .entry(*activity)
+                    .or_default()
+                    .push(point_values(*activity, p));
+            }
+            for rows in by_activity.into_values() {
+                let mut rows = rows.into_iter().peekable();
+                while rows.peek().is_some() {
+                    let batch = rows.by_ref().take(POINTS_PER_BATCH).collect();
+                    batches.push((request, batch));
+                }
             }
         }
+        let mut results: Vec<StoreResult<()>> = groups.iter().map(|_| Ok(())).collect();
         let this = self.clone();
-        stream::iter(batches)
-            .map(move |values| {
+        let mut written = stream::iter(batches)
+            .map(move |(request, values)| {
                 let this = this.clone();
                 async move {
                     let statements = vec![&this.q.insert_point; values.len()];
-                    this.batch(BatchType::Unlogged, &statements, values).await
+                    let result = this.batch(BatchType::Unlogged, &statements, values).await;
+                    (request, result)
                 }
             })
-            .buffer_unordered(BATCHES_IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await
-            .map(|_| ())
+            .buffer_unordered(BATCHES_IN_FLIGHT);
+        while let Some((request, result)) = written.next().await {
+            if let (Err(e), slot @ Ok(())) = (result, &mut results[request]) {
+                *slot = Err(e);
+            }
+        }
+        results
     }
 
     async fn points_exist(&self, activity: Uuid, ts: Vec<Millis>) -> StoreResult<Vec<bool>> {
@@ -937,6 +1002,21 @@ impl PointStore for ScyllaStore {
             .await?;
         Ok(rows.into_iter().map(point_from).collect())
     }
+}
+
+fn point_values(activity: Uuid, p: &Point) -> PointValues {
+    (
+        activity,
+        CqlTimestamp(p.ts),
+        p.lat,
+        p.lng,
+        unset(p.alt),
+        unset(p.speed),
+        unset(p.accuracy),
+        unset(p.hr.map(i32::from)),
+        unset(p.cadence.map(i32::from)),
+        unset(p.battery.map(i32::from)),
+    )
 }
 
 fn point_from(row: PointRow) -> Point {

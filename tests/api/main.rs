@@ -16,6 +16,7 @@ mod ops;
 mod points;
 mod privacy;
 mod redis;
+mod scylla_faults;
 mod stats;
 mod storage;
 mod trust;

@@ -15,7 +15,12 @@
 //! athlete, read from the store at most once per `RULES_TTL_MS` per
 //! activity and node (finished activities' hidden ends, which need the last
 //! point, once per `FINAL_RULES_TTL_MS`), and forgotten at once when this
-//! node changes them.
+//! node changes them. A refresh reads no record that this node's hot cache
+//! wrote or checked within `RULES_TTL_MS` (the node tracking a live
+//! activity, where the load balancer sends its watchers too, between
+//! posts), and the athlete's zones are kept `ZONES_TTL_MS`: a
+//! zone change made through another node applies to watchers here within
+//! 10 s, one made here at once.
 
 use std::sync::Arc;
 
@@ -41,6 +46,11 @@ use crate::store::{StoreError, read_track};
 pub const RULES_TTL_MS: Millis = 1_000;
 /// The same for a finished activity (its ends no longer move).
 pub const FINAL_RULES_TTL_MS: Millis = 60_000;
+/// How stale a node's copy of an athlete's privacy zones may be when they
+/// were changed through another node (the node that took the change
+/// forgets its copy at once). Read every `RULES_TTL_MS` instead, the zones
+/// cost a store read per second per watched live activity.
+pub const ZONES_TTL_MS: Millis = 10_000;
 
 pub fn router() -> Router<ApiContext> {
     Router::new()
@@ -100,6 +110,8 @@ impl Rules {
 #[derive(Default)]
 pub struct RulesCache {
     rules: DashMap<Uuid, Arc<Rules>>,
+    /// Each athlete's zones, as of when they were read.
+    zones: DashMap<Uuid, (Arc<Vec<PrivacyZone>>, Millis)>,
 }
 
 impl RulesCache {
@@ -116,14 +128,20 @@ impl RulesCache {
                 return Ok(rules.clone());
             }
         }
-        let activity = ctx
-            .store
-            .activities
-            .activity(id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
+        // A record this node wrote or checked within the TTL (a live
+        // activity it tracks, between posts) needs no read.
+        let activity = match ctx.tracker.cached(id, RULES_TTL_MS) {
+            Some(activity) => activity,
+            None => ctx
+                .store
+                .activities
+                .activity(id)
+                .await?
+                .ok_or(ApiError::NotFound)?,
+        };
         let known_first = cached.and_then(|r| r.first);
-        let rules = Arc::new(read_rules(ctx, &activity, known_first, now).await?);
+        let zones = self.zones_of(ctx, activity.athlete_id, now).await?;
+        let rules = Arc::new(read_rules(ctx, &activity, &zones, known_first, now).await?);
         self.rules.insert(id, rules.clone());
         Ok(rules)
     }
@@ -135,7 +153,25 @@ impl RulesCache {
 
     /// Forgets every activity of one athlete (their zones changed).
     pub fn forget_athlete(&self, athlete: Uuid) {
+        self.zones.remove(&athlete);
         self.rules.retain(|_, r| r.athlete_id != athlete);
+    }
+
+    /// The athlete's privacy zones, read again after `ZONES_TTL_MS`.
+    async fn zones_of(
+        &self,
+        ctx: &ApiContext,
+        athlete: Uuid,
+        now: Millis,
+    ) -> Result<Arc<Vec<PrivacyZone>>, StoreError> {
+        if let Some(entry) = self.zones.get(&athlete)
+            && now - entry.1 < ZONES_TTL_MS
+        {
+            return Ok(entry.0.clone());
+        }
+        let zones = Arc::new(ctx.store.users.privacy_zones(athlete).await?);
+        self.zones.insert(athlete, (zones.clone(), now));
+        Ok(zones)
     }
 }
 
@@ -144,16 +180,17 @@ impl Sweep for RulesCache {
     fn sweep(&self, now: Millis) {
         self.rules
             .retain(|_, r| now - r.read_at < 2 * FINAL_RULES_TTL_MS);
+        self.zones.retain(|_, z| now - z.1 < ZONES_TTL_MS);
     }
 }
 
 async fn read_rules(
     ctx: &ApiContext,
     activity: &Activity,
+    zones: &[PrivacyZone],
     known_first: Option<(f64, f64)>,
     now: Millis,
 ) -> Result<Rules, StoreError> {
-    let zones = ctx.store.users.privacy_zones(activity.athlete_id).await?;
     let (mut first, mut last) = (known_first, None);
     if activity.hide_ends_m > 0 {
         let points = ctx.store.points.as_ref();
@@ -171,7 +208,7 @@ async fn read_rules(
         state: activity.state,
         visibility: activity.visibility,
         blocked: activity.blocked_viewers.clone(),
-        filter: PrivacyFilter::new(&zones, activity.hide_ends_m, first, last),
+        filter: PrivacyFilter::new(zones, activity.hide_ends_m, first, last),
         first,
         read_at: now,
     })

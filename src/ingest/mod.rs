@@ -153,6 +153,17 @@ impl Tracker {
         Ok(ActivitySnapshot { activity, track })
     }
 
+    /// The activity's record from the hot cache, without I/O: only if it
+    /// is there, not locked by a write in progress, and known to match the
+    /// store within the last `max_age` ms (written or checked by this node
+    /// then). Readers that may fall back to the store (the watchers' rules)
+    /// use it to skip a read.
+    pub fn cached(&self, id: Uuid, max_age: Millis) -> Option<Activity> {
+        let entry = self.hot.get(id)?;
+        let hot = entry.try_lock().ok()?;
+        (self.clock.now_ms() - hot.synced < max_age).then(|| hot.activity.clone())
+    }
+
     /// The activity if `owner` is its athlete; `NotFound` otherwise, as for
     /// an id that does not exist.
     pub async fn owned(&self, owner: Uuid, id: Uuid) -> Result<ActivitySnapshot, IngestError> {

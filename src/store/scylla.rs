@@ -568,6 +568,7 @@ impl ScyllaStore {
         statement: &PreparedStatement,
         values: impl SerializeRow,
     ) -> StoreResult<QueryResult> {
+        count(statement, 1);
         let _permit = self.in_flight.acquire().await.map_err(backend)?;
         self.session
             .execute_unpaged(statement, values)
@@ -584,6 +585,9 @@ impl ScyllaStore {
         let mut batch = Batch::new(kind);
         for statement in statements {
             batch.append_statement((*statement).clone());
+        }
+        if let Some(first) = statements.first() {
+            count(first, statements.len() as u64);
         }
         batch.set_is_idempotent(true);
         let _permit = self.in_flight.acquire().await.map_err(backend)?;
@@ -604,6 +608,7 @@ impl ScyllaStore {
     ) -> StoreResult<(QueryResult, PagingStateResponse)> {
         let mut statement = statement.clone();
         statement.set_page_size(page_size.clamp(1, i32::MAX as usize) as i32);
+        count(&statement, 1);
         let _permit = self.in_flight.acquire().await.map_err(backend)?;
         self.session
             .execute_single_page(&statement, values, state)
@@ -1004,6 +1009,43 @@ impl PointStore for ScyllaStore {
     }
 }
 
+/// Counts a request to the cluster by table and kind (`read`, `write`, or
+/// `batch` with the rows it writes), so that the per-operation costs in
+/// deploy/CAPACITY.md are counted from what the backend issues under the
+/// loadgen: `trailcast_scylla_requests_total` and
+/// `trailcast_scylla_rows_written_total`.
+fn count(statement: &PreparedStatement, rows: u64) {
+    let cql = statement.get_statement();
+    let table = table_of(cql);
+    let kind = match cql.trim_start().get(..6) {
+        Some(verb) if verb.eq_ignore_ascii_case("SELECT") => "read",
+        _ if rows > 1 => "batch",
+        _ => "write",
+    };
+    metrics::counter!("trailcast_scylla_requests_total", "table" => table.clone(), "kind" => kind)
+        .increment(1);
+    if kind != "read" {
+        metrics::counter!("trailcast_scylla_rows_written_total", "table" => table).increment(rows);
+    }
+}
+
+/// The table a CQL statement names (after FROM, INTO or UPDATE), without
+/// its keyspace.
+fn table_of(cql: &str) -> String {
+    let mut words = cql.split_whitespace();
+    while let Some(word) = words.next() {
+        if ["FROM", "INTO", "UPDATE"]
+            .iter()
+            .any(|k| word.eq_ignore_ascii_case(k))
+            && let Some(name) = words.next()
+        {
+            let name = name.split('(').next().unwrap_or(name);
+            return name.rsplit('.').next().unwrap_or(name).to_owned();
+        }
+    }
+    "other".to_owned()
+}
+
 fn point_values(activity: Uuid, p: &Point) -> PointValues {
     (
         activity,
@@ -1207,6 +1249,22 @@ impl FieldStore for ScyllaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_are_counted_by_their_table() {
+        assert_eq!(
+            table_of("SELECT ts FROM ks.points WHERE activity_id = ?"),
+            "points"
+        );
+        assert_eq!(
+            table_of("INSERT INTO ks.points (activity_id, ts) VALUES (?, ?)"),
+            "points"
+        );
+        assert_eq!(table_of("insert into users(id) values (?)"), "users");
+        assert_eq!(table_of("UPDATE ks.activities SET doc = ?"), "activities");
+        assert_eq!(table_of("DELETE FROM shares WHERE id = ?"), "shares");
+        assert_eq!(table_of("TRUNCATE x"), "other");
+    }
 
     /// Overload, timeouts and missing replicas are `Busy` (503 with
     /// Retry-After, the client retries); anything else stays a failure.

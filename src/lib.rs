@@ -117,7 +117,7 @@ pub async fn run(
     sweepers.push(tokens.clone());
     let sweeper = tokio::spawn(sweep(tracker.clone(), sweepers, clock, closing_rx.clone()));
 
-    let ctx = ApiContext {
+    let ctx = ApiContext::new(http::ApiState {
         clock,
         store: backends.persistence.clone(),
         recent: backends.recent.clone(),
@@ -136,7 +136,7 @@ pub async fn run(
         courses: Arc::new(http::courses::Courses::new(catalogue)),
         devices,
         shutdown: closing_rx,
-    };
+    });
     let closing_rx_for_http = ctx.shutdown.clone();
     let app = http::router(ctx);
     tracing::info!(addr = %listener.local_addr()?, "trailcast listening");

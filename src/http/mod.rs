@@ -56,9 +56,27 @@ pub const MAX_POINTS_PER_REQUEST: usize = 10_000;
 /// A request taking longer than this is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Everything a handler may touch; cheap to clone.
+/// Everything a handler may touch: one `Arc`, so the clone axum makes for
+/// every extractor is one atomic increment, not one per field (the profile
+/// of single-point ingest showed the field-wise clone and drop at ~1.5 %).
 #[derive(Clone)]
-pub struct ApiContext {
+pub struct ApiContext(Arc<ApiState>);
+
+impl ApiContext {
+    pub fn new(state: ApiState) -> ApiContext {
+        ApiContext(Arc::new(state))
+    }
+}
+
+impl std::ops::Deref for ApiContext {
+    type Target = ApiState;
+    fn deref(&self) -> &ApiState {
+        &self.0
+    }
+}
+
+/// What `ApiContext` shares.
+pub struct ApiState {
     pub clock: Clock,
     pub store: Persistence,
     pub recent: Arc<dyn RecentStore>,

@@ -24,8 +24,8 @@ pub fn router() -> Router<ApiContext> {
 
 /// A point from its own JSON text: typed, so a duplicated key is refused
 /// (as in every other body) rather than silently keeping the last value.
-fn decode(raw: &RawValue) -> Result<Fix, RejectCode> {
-    serde_json::from_str::<PointInput>(raw.get())
+fn decode(raw: &str) -> Result<Fix, RejectCode> {
+    serde_json::from_str::<PointInput>(raw)
         .map_err(|_| RejectCode::InvalidPoint)?
         .to_fix()
 }
@@ -47,8 +47,10 @@ pub(crate) fn parse_body(body: &str) -> Result<(Vec<Result<Fix, RejectCode>>, bo
             "expected a point object or {\"points\": [...]}",
         )
     };
-    let raw: &RawValue = serde_json::from_str(body).map_err(|_| not_a_body())?;
-    let probe: Probe = serde_json::from_str(raw.get()).map_err(|_| not_a_body())?;
+    // The probe checks the whole body's syntax too (skipped values are
+    // still parsed), so the body is read twice for a single point: once
+    // here, once as the point.
+    let probe: Probe = serde_json::from_str(body).map_err(|_| not_a_body())?;
     Ok(match probe.points {
         Some(points) => {
             let points: Vec<&RawValue> = serde_json::from_str(points.get())
@@ -59,9 +61,15 @@ pub(crate) fn parse_body(body: &str) -> Result<(Vec<Result<Fix, RejectCode>>, bo
                     format!("at most {MAX_POINTS_PER_REQUEST} points per request"),
                 ));
             }
-            (points.into_iter().map(decode).collect::<Vec<_>>(), false)
+            (
+                points
+                    .into_iter()
+                    .map(|p| decode(p.get()))
+                    .collect::<Vec<_>>(),
+                false,
+            )
         }
-        None => (vec![decode(raw)], true),
+        None => (vec![decode(body)], true),
     })
 }
 

@@ -110,6 +110,6 @@ async fn post_points(
             .into_iter()
             .map(|(index, code)| Rejection { index, code })
             .collect(),
-        stats: outcome.snapshot.stats(ctx.clock.now_ms()),
+        stats: outcome.stats,
     }))
 }

@@ -78,7 +78,9 @@ pub struct IngestOutcome {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: Vec<(usize, RejectCode)>,
-    pub snapshot: ActivitySnapshot,
+    /// The statistics after this request (computed once, from the hot
+    /// entry: no copy of the activity record per request).
+    pub stats: Stats,
     /// The newly stored points, in time order.
     pub stored: Vec<Point>,
 }
@@ -408,6 +410,7 @@ impl Tracker {
         }
         fresh.sort_by_key(|p| p.ts);
 
+        let mut computed = None;
         if !fresh.is_empty() {
             let job = fresh.iter().map(|p| (id, *p)).collect();
             let durable = self.batcher.submit(job)?;
@@ -428,10 +431,12 @@ impl Tracker {
                 self.outbox.count_on_leaderboards(&mut hot.activity).await;
                 self.store.activities.put_activity(&hot.activity).await?;
             }
-            let snapshot = hot.snapshot();
-            let mut items: Vec<RecentItem> = fresh.iter().map(|p| RecentItem::Point(*p)).collect();
-            items.push(RecentItem::Stats(snapshot.stats(now)));
+            let mut items: Vec<RecentItem> = Vec::with_capacity(fresh.len() + 1);
+            items.extend(fresh.iter().map(|p| RecentItem::Point(*p)));
+            let stats = Stats::of(&hot.activity, &hot.acc.summary(), now);
+            items.push(RecentItem::Stats(stats.clone()));
             self.outbox.publish(id, items).await;
+            computed = Some(stats);
         }
         hot.touched = now;
         hot.synced = now;
@@ -448,7 +453,7 @@ impl Tracker {
             accepted: fresh.len(),
             duplicates,
             rejected,
-            snapshot: hot.snapshot(),
+            stats: computed.unwrap_or_else(|| Stats::of(&hot.activity, &hot.acc.summary(), now)),
             stored: fresh,
         })
     }

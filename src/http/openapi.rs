@@ -166,6 +166,7 @@ impl Modify for Conventions {
         super::leaderboards::leaderboard,
         super::shares::create_share,
         super::shares::revoke_share,
+        super::shares::list_shares,
         super::privacy::get_zones,
         super::privacy::put_zones,
         super::privacy::viewers,

@@ -2,10 +2,17 @@
 //! token for one activity; anyone holding it may watch that activity live,
 //! without an account, until it expires or is revoked. Revocation also
 //! closes this node's open WebSockets that use it.
+//!
+//! - `POST /v1/shares` `{activity_id, expires_in_s}` → the link, with its
+//!   token and ready `watch_url` (the token is shown this once: only its
+//!   hash is stored).
+//! - `GET /v1/activities/{id}/shares` (the athlete only) → every link of the
+//!   activity, newest first, `active` while unexpired, without tokens.
+//! - `DELETE /v1/shares/{id}` revokes one.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +31,38 @@ pub fn router() -> Router<ApiContext> {
     Router::new()
         .route("/v1/shares", post(create_share))
         .route("/v1/shares/{id}", delete(revoke_share))
+        .route("/v1/activities/{id}/shares", get(list_shares))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/activities/{id}/shares",
+    tag = "shares",
+    params(("id" = Uuid, Path, description = "the activity")),
+    responses((status = 200, description = "the activity's share links, newest first (no tokens)", body = serde_json::Value)),
+)]
+async fn list_shares(
+    State(ctx): State<ApiContext>,
+    AuthUser(me): AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let activity = ctx.tracker.owned(me.id, id).await?.activity;
+    let now = ctx.clock.now_ms();
+    let mut shares = ctx.store.activities.shares_of(activity.id).await?;
+    shares.retain(|s| s.owner_id == me.id);
+    shares.sort_by_key(|s| std::cmp::Reverse(s.id));
+    let items: Vec<Value> = shares
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "activity_id": s.activity_id,
+                "expires_at": to_rfc3339(s.expires_at),
+                "active": s.expires_at > now,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -14,6 +14,7 @@
 //! | `points` | activity_id ‖ ts | `Point::encode_value` |
 //! | `shares` | share_id | JSON `Share` |
 //! | `share_tokens` | sha256(token) | share_id |
+//! | `shares_by_activity` | activity_id ‖ share_id | empty |
 //! | `privacy_zones` | user_id | JSON `[PrivacyZone]` |
 //! | `courses` | course_id | JSON `Course` (athletes' own) |
 //! | `devices` | device_id | JSON `Device` |
@@ -128,6 +129,7 @@ pub struct EmbeddedStore {
     points: Keyspace,
     shares: Keyspace,
     share_tokens: Keyspace,
+    shares_by_activity: Keyspace,
     privacy_zones: Keyspace,
     fields: Keyspace,
     courses: Keyspace,
@@ -285,6 +287,7 @@ impl EmbeddedStore {
             points: ks("points")?,
             shares: ks("shares")?,
             share_tokens: ks("share_tokens")?,
+            shares_by_activity: ks("shares_by_activity")?,
             privacy_zones: ks("privacy_zones")?,
             fields: ks("activity_fields")?,
             courses: ks("courses")?,
@@ -510,9 +513,35 @@ impl ActivityStore for EmbeddedStore {
     }
 
     async fn put_share(&self, share: &Share) -> StoreResult<()> {
-        let (id, hash) = (share.id, share.token_hash);
-        self.put_with_token(&self.shares, &self.share_tokens, id, share, hash)
-            .await
+        let value = serde_json::to_vec(share).map_err(corrupt)?;
+        let (this, id, hash, activity) =
+            (self.clone(), share.id, share.token_hash, share.activity_id);
+        blocking(move || {
+            this.space.check()?;
+            let mut batch = this.db.batch();
+            batch.insert(&this.shares, id.as_bytes().to_vec(), value);
+            batch.insert(&this.share_tokens, hash.to_vec(), id.as_bytes().to_vec());
+            batch.insert(&this.shares_by_activity, pair(activity, id).to_vec(), []);
+            batch.commit()?;
+            this.sync()
+        })
+        .await
+    }
+
+    async fn shares_of(&self, activity: Uuid) -> StoreResult<Vec<Share>> {
+        let this = self.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for kv in this.shares_by_activity.prefix(activity.as_bytes()) {
+                let key = kv.key()?;
+                let id = Uuid::from_slice(&key[16..]).map_err(corrupt)?;
+                if let Some(v) = this.shares.get(id.as_bytes())? {
+                    out.push(serde_json::from_slice(&v).map_err(corrupt)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn share(&self, id: Uuid) -> StoreResult<Option<Share>> {
@@ -525,12 +554,13 @@ impl ActivityStore for EmbeddedStore {
 
     async fn delete_share(&self, share: &Share) -> StoreResult<()> {
         let this = self.clone();
-        let (id, hash) = (share.id, share.token_hash);
+        let (id, hash, activity) = (share.id, share.token_hash, share.activity_id);
         blocking(move || {
             this.space.check()?;
             let mut batch = this.db.batch();
             batch.remove(&this.shares, id.as_bytes().to_vec());
             batch.remove(&this.share_tokens, hash.to_vec());
+            batch.remove(&this.shares_by_activity, pair(activity, id).to_vec());
             batch.commit()?;
             this.sync()
         })

@@ -310,6 +310,8 @@ pub trait ActivityStore: Send + Sync + 'static {
     async fn share(&self, id: Uuid) -> StoreResult<Option<Share>>;
     async fn share_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<Share>>;
     async fn delete_share(&self, share: &Share) -> StoreResult<()>;
+    /// The activity's share links (expired ones included), oldest first.
+    async fn shares_of(&self, activity: Uuid) -> StoreResult<Vec<Share>>;
 }
 
 #[async_trait]

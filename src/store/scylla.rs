@@ -306,6 +306,9 @@ struct Statements {
     select_share: PreparedStatement,
     select_share_by_token: PreparedStatement,
     delete_share: PreparedStatement,
+    insert_share_by_activity: PreparedStatement,
+    select_shares_of: PreparedStatement,
+    delete_share_by_activity: PreparedStatement,
     delete_share_token: PreparedStatement,
     insert_point: PreparedStatement,
     select_point: PreparedStatement,
@@ -481,6 +484,18 @@ impl Statements {
             ))
             .await?,
             delete_share: prepare(format!("DELETE FROM {ks}.shares WHERE id = ?")).await?,
+            insert_share_by_activity: prepare(format!(
+                "INSERT INTO {ks}.shares_by_activity (activity_id, share_id) VALUES (?, ?)"
+            ))
+            .await?,
+            select_shares_of: prepare(format!(
+                "SELECT share_id FROM {ks}.shares_by_activity WHERE activity_id = ?"
+            ))
+            .await?,
+            delete_share_by_activity: prepare(format!(
+                "DELETE FROM {ks}.shares_by_activity WHERE activity_id = ? AND share_id = ?"
+            ))
+            .await?,
             delete_share_token: prepare(format!(
                 "DELETE FROM {ks}.share_tokens WHERE token_hash = ?"
             ))
@@ -841,7 +856,11 @@ impl ActivityStore for ScyllaStore {
         let hash = &share.token_hash[..];
         self.batch(
             BatchType::Logged,
-            &[&self.q.insert_share, &self.q.insert_share_token],
+            &[
+                &self.q.insert_share,
+                &self.q.insert_share_token,
+                &self.q.insert_share_by_activity,
+            ],
             (
                 (
                     share.id,
@@ -851,6 +870,7 @@ impl ActivityStore for ScyllaStore {
                     hash,
                 ),
                 (hash, share.id),
+                (share.activity_id, share.id),
             ),
         )
         .await
@@ -884,10 +904,30 @@ impl ActivityStore for ScyllaStore {
     async fn delete_share(&self, share: &Share) -> StoreResult<()> {
         self.batch(
             BatchType::Logged,
-            &[&self.q.delete_share, &self.q.delete_share_token],
-            ((share.id,), (&share.token_hash[..],)),
+            &[
+                &self.q.delete_share,
+                &self.q.delete_share_token,
+                &self.q.delete_share_by_activity,
+            ],
+            (
+                (share.id,),
+                (&share.token_hash[..],),
+                (share.activity_id, share.id),
+            ),
         )
         .await
+    }
+
+    async fn shares_of(&self, activity: Uuid) -> StoreResult<Vec<Share>> {
+        let rows: Vec<(Uuid,)> = self
+            .first_rows(&self.q.select_shares_of, (activity,), MAX_PAGE_ROWS)
+            .await?;
+        let shares: Vec<Option<Share>> = stream::iter(rows)
+            .map(|(id,)| self.share(id))
+            .buffered(LOOKUPS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(shares.into_iter().flatten().collect())
     }
 }
 

@@ -567,3 +567,63 @@ async fn credentials_may_come_as_a_websocket_subprotocol_and_the_catch_up_says_w
     let (_, card) = app.get(&format!("/v1/users/{}", ann.id), &bob.token).await;
     assert_eq!(card, json!({"id": ann.id, "name": "Ann"}));
 }
+
+/// The athlete sees every link of an activity from any device (without
+/// tokens, which only the creating reply carries), newest first, and what
+/// they revoke leaves the list; nobody else may list them.
+#[tokio::test]
+async fn the_athlete_lists_an_activitys_share_links_and_revokes_them() {
+    let app = spawn_app().await;
+    let (ann, id) = athlete_with_activity(&app).await;
+    let bob = app.user("Bob").await;
+    app.befriend(&ann, &bob).await;
+    let mut made = Vec::new();
+    for expires in [3600, 5] {
+        let (status, share) = app
+            .post(
+                "/v1/shares",
+                &ann.token,
+                json!({"activity_id": id, "expires_in_s": expires}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{share}");
+        let url = share["watch_url"].as_str().unwrap();
+        assert!(url.starts_with(&format!("/watch.html?activity={id}&share=")));
+        made.push(share["id"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/v1/activities/{id}/shares");
+    let (status, list) = app.get(&path, &ann.token).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [made[1].as_str(), made[0].as_str()], "newest first");
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["active"] == true)
+    );
+    assert!(
+        !list.to_string().contains("token"),
+        "no token in a list: {list}"
+    );
+    for who in [&bob] {
+        assert_eq!(app.get(&path, &who.token).await.0, StatusCode::NOT_FOUND);
+    }
+
+    app.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/shares/{}", made[0]),
+        Some(&ann.token),
+        None,
+    )
+    .await;
+    let (_, list) = app.get(&path, &ann.token).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["id"], made[1].as_str());
+}

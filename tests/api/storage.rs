@@ -507,7 +507,32 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
             ])
         );
     }
+    let second = Share {
+        id: Uuid::now_v7(),
+        token_hash: [8u8; 32],
+        ..share.clone()
+    };
+    store.activities.put_share(&second).await.unwrap();
+    let listed = |v: Vec<Share>| v.iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        listed(store.activities.shares_of(first.id).await.unwrap()),
+        [share.id, second.id],
+        "an activity's links, oldest first"
+    );
+    assert!(
+        store
+            .activities
+            .shares_of(Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.activities.delete_share(&share).await.unwrap();
+    assert_eq!(
+        listed(store.activities.shares_of(first.id).await.unwrap()),
+        [second.id],
+        "a revoked link leaves the list"
+    );
     assert!(store.activities.share(share.id).await.unwrap().is_none());
     assert!(
         store

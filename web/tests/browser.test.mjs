@@ -507,6 +507,17 @@ test('home, activity and runner pages, second pass: header, invites, live map, s
     const token = new URL(url).searchParams.get('share');
     const polled = await fetch(`${server.base}/v1/activities/${live.id}/live?lag=5`, { headers: { 'x-share-token': token } });
     assert.equal(polled.status, 200);
+    // A link made on another device is listed too (without its address)
+    // and can be revoked here.
+    const other = await call('POST', '/v1/shares', { token: gil.token, body: { activity_id: live.id, expires_in_s: 3600 } });
+    await gilPage.reload();
+    await gilPage.waitForSelector(`#shares li[data-share="${other.id}"] .elsewhere`);
+    assert.equal(await gilPage.locator('#shares li').count(), 2);
+    assert.equal(await gilPage.inputValue('#shares li input'), url, 'the address made here is shown again');
+    await gilPage.click(`#shares li[data-share="${other.id}"] button.revoke`);
+    await gilPage.waitForSelector(`#shares li[data-share="${other.id}"]`, { state: 'detached' });
+    const gone = await fetch(`${server.base}/v1/activities/${live.id}/live?lag=5`, { headers: { 'x-share-token': other.token } });
+    assert.equal(gone.status, 404);
     await gilPage.click('#shares li button.revoke');
     await gilPage.waitForSelector('#shares li', { state: 'detached' });
     const after = await fetch(`${server.base}/v1/activities/${live.id}/live?lag=5`, { headers: { 'x-share-token': token } });

@@ -100,26 +100,38 @@ async function download(format) {
 }
 
 // --- Share links (the athlete's, for a live activity) ----------------------
-// The links made in this browser are remembered (the token is shown once).
+// The server lists every link of the activity (from any device) without its
+// token; the address is shown once, so this browser remembers the ones it
+// made and shows their address again. A link made elsewhere can still be
+// revoked here.
 
 const SHARES_KEY = `trailcast.shares.${id}`;
 const loadShares = () => { try { return JSON.parse(localStorage.getItem(SHARES_KEY)) || []; } catch { return []; } };
 const saveShares = (list) => localStorage.setItem(SHARES_KEY, JSON.stringify(list));
 
-function renderShares() {
-  const now = Date.now();
-  const list = loadShares().filter((s) => ms(s.expires_at) > now);
-  saveShares(list);
-  $('shares').replaceChildren(...list.map((s) => {
-    const url = new URL(s.watch_url, location.origin).href;
-    const input = el('input', { value: url, readonly: '', size: '50', 'aria-label': 'Share link' });
-    return el('li', { 'data-share': s.id },
-      input,
-      el('button', { type: 'button', onclick: async (ev) => {
+async function renderShares() {
+  let listed;
+  try {
+    listed = (await api(`/v1/activities/${id}/shares`)).items.filter((s) => s.active);
+  } catch (e) { $('error').textContent = human(e, 'the share links'); return; }
+  const known = new Map(loadShares().map((s) => [s.id, s]));
+  // Forget addresses of links that expired or were revoked.
+  saveShares(listed.filter((s) => known.has(s.id)).map((s) => known.get(s.id)));
+  $('shares').replaceChildren(...listed.map((s) => {
+    const mine = known.get(s.id);
+    const parts = [];
+    if (mine) {
+      const url = new URL(mine.watch_url, location.origin).href;
+      const input = el('input', { value: url, readonly: '', size: '50', 'aria-label': 'Share link' });
+      parts.push(input, el('button', { type: 'button', onclick: async (ev) => {
         input.select();
         try { await navigator.clipboard.writeText(url); ev.target.textContent = 'Copied'; } catch { ev.target.textContent = 'Select and copy'; }
-      } }, 'Copy'),
-      el('span', { class: 'muted' }, `until ${fmtDate(s.expires_at)}`),
+      } }, 'Copy'));
+    } else {
+      parts.push(el('span', { class: 'elsewhere' }, 'Link made on another device (its address is shown only where it was made)'));
+    }
+    return el('li', { 'data-share': s.id }, ...parts,
+      el('span', { class: 'muted' }, ` until ${fmtDate(s.expires_at)}`),
       el('button', { type: 'button', class: 'revoke', onclick: () => revoke(s) }, 'Revoke'));
   }));
 }
@@ -129,7 +141,7 @@ async function revoke(s) {
     await api(`/v1/shares/${s.id}`, { method: 'DELETE' });
   } catch (e) { if (e.status !== 404) { $('error').textContent = human(e, 'this link'); return; } }
   saveShares(loadShares().filter((x) => x.id !== s.id));
-  renderShares();
+  await renderShares();
 }
 
 $('share-form').addEventListener('submit', async (ev) => {
@@ -138,7 +150,7 @@ $('share-form').addEventListener('submit', async (ev) => {
     const expires = Number(new FormData(ev.target).get('expires_in_s'));
     const s = await api('/v1/shares', { method: 'POST', body: { activity_id: id, expires_in_s: expires } });
     saveShares([...loadShares(), { id: s.id, watch_url: s.watch_url, expires_at: s.expires_at }]);
-    renderShares();
+    await renderShares();
   } catch (e) { $('error').textContent = human(e, 'this activity'); }
 });
 

@@ -73,6 +73,10 @@ test('watch page: the marker glides forward, 5 to 10 s behind the newest point',
     assert.ok(moved >= samples.length * 0.8, `marker moved in only ${moved} of ${samples.length} samples`);
     assert.match(await page.textContent('#badge'), /live/);
     assert.notEqual(await page.textContent('#distance'), '–');
+    // The route runs east: the arrow points east (90°).
+    const heading = await page.evaluate(() => window.__trailcast.heading);
+    assert.ok(Math.abs(heading - 90) < 3, `heading ${heading}`);
+    assert.match(await page.getAttribute('.athlete-marker .heading', 'style'), /rotate\((89|90|91)deg\)/);
     await page.screenshot({ path: path.join(artifacts, 'watch.png') });
 
     // Pause, then finish: the badges follow (after the lag).

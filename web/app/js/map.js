@@ -28,5 +28,24 @@ export function createMap(elementId) {
 }
 
 export function athleteIcon() {
-  return L.divIcon({ className: '', html: '<div class="athlete-marker"></div>', iconSize: [18, 18], iconAnchor: [9, 9] });
+  // The arrow shows the direction of travel once it is known (`heading`).
+  return L.divIcon({ className: '', html: '<div class="athlete-marker"><div class="heading" hidden></div></div>', iconSize: [18, 18], iconAnchor: [9, 9] });
+}
+
+/** Initial bearing from a to b ([lat, lng]), degrees clockwise from north. */
+export function bearing(a, b) {
+  const rad = Math.PI / 180;
+  const [p1, p2] = [a[0] * rad, b[0] * rad];
+  const dl = (b[1] - a[1]) * rad;
+  const y = Math.sin(dl) * Math.cos(p2);
+  const x = Math.cos(p1) * Math.sin(p2) - Math.sin(p1) * Math.cos(p2) * Math.cos(dl);
+  return (Math.atan2(y, x) / rad + 360) % 360;
+}
+
+/** Metres between two [lat, lng] (equirectangular: fine for a few hundred m). */
+export function metresBetween(a, b) {
+  const rad = Math.PI / 180;
+  const x = (b[1] - a[1]) * rad * Math.cos(((a[0] + b[0]) / 2) * rad);
+  const y = (b[0] - a[0]) * rad;
+  return Math.hypot(x, y) * 6371000;
 }

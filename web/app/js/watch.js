@@ -21,7 +21,7 @@
 // answer is final and explained; anything else is retried with backoff.
 
 import { token, ms, fmtDistance, fmtDuration, fmtPace, renderHeader, registerServiceWorker } from './api.js';
-import { createMap, athleteIcon } from './map.js';
+import { createMap, athleteIcon, bearing, metresBetween } from './map.js';
 import { lineChart } from './charts.js';
 import { metres } from './coach.js';
 
@@ -56,6 +56,7 @@ const view = {
   gap: 2000,            // typical ms between consecutive points (smoothed)
   markerTs: null,
   markerLatLng: null,
+  heading: null,        // direction of travel, degrees from north (null: unknown)
   frameAt: null,
   transport: 'none',
   connection: 'connecting', // connecting | ok | lost | ended
@@ -287,6 +288,18 @@ function positionAt(t) {
   return [a.lat + (b.lat - a.lat) * f, a.lng + (b.lng - a.lng) * f];
 }
 
+/** Points the marker's arrow the way the athlete moved over the last
+ * ~10 s of playback; standing still keeps the last direction. */
+function showHeading() {
+  const back = positionAt(view.markerTs - 10000);
+  if (metresBetween(back, view.markerLatLng) >= 3) view.heading = bearing(back, view.markerLatLng);
+  const arrow = marker.getElement()?.querySelector('.heading');
+  if (!arrow || view.heading === null) return;
+  arrow.hidden = false;
+  arrow.style.transform = `rotate(${Math.round(view.heading)}deg)`;
+  $('map').dataset.heading = String(Math.round(view.heading));
+}
+
 function frame() {
   const now = Date.now();
   if (view.track.length) {
@@ -305,6 +318,7 @@ function frame() {
     view.markerLatLng = positionAt(view.markerTs);
     marker.setLatLng(view.markerLatLng);
     if (!map.hasLayer(marker)) marker.addTo(map);
+    showHeading();
     follow();
     const el = $('map');
     el.dataset.markerTs = String(Math.round(view.markerTs));

@@ -161,24 +161,31 @@ pub trait UserStore: Send + Sync + 'static {
         Ok(self.has_friend_request(a, b).await? && self.has_friend_request(b, a).await?)
     }
 
-    /// Whom `user` asked and who asked back: one read of the requests
-    /// sent, then the answers checked `FRIEND_LOOKUPS_IN_FLIGHT` at a time
-    /// (on Scylla, point reads of one row each; 500 friends cost 16 round
-    /// trips of latency, not 500).
+    /// Whom `user` asked and who asked back (`friends_by_requests`; the
+    /// Scylla backend keeps a friends table instead).
     async fn friends_of(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
-        use futures_util::{StreamExt, TryStreamExt};
-        let asked = self.friend_requests_from(user).await?;
-        let answered: Vec<bool> = futures_util::stream::iter(asked.iter().copied())
-            .map(|other| self.has_friend_request(other, user))
-            .buffered(FRIEND_LOOKUPS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        Ok(asked
-            .into_iter()
-            .zip(answered)
-            .filter_map(|(other, yes)| yes.then_some(other))
-            .collect())
+        friends_by_requests(self, user).await
     }
+}
+
+/// Whom `user` asked and who asked back: one read of the requests sent,
+/// then the answers checked `FRIEND_LOOKUPS_IN_FLIGHT` at a time.
+pub async fn friends_by_requests<S: UserStore + ?Sized>(
+    store: &S,
+    user: Uuid,
+) -> StoreResult<Vec<Uuid>> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let asked = store.friend_requests_from(user).await?;
+    let answered: Vec<bool> = futures_util::stream::iter(asked.iter().copied())
+        .map(|other| store.has_friend_request(other, user))
+        .buffered(FRIEND_LOOKUPS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    Ok(asked
+        .into_iter()
+        .zip(answered)
+        .filter_map(|(other, yes)| yes.then_some(other))
+        .collect())
 }
 
 /// Friendship checks in flight for one `friends_of`.

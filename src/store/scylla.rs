@@ -278,6 +278,9 @@ struct Statements {
     delete_friend_request: PreparedStatement,
     select_friend_request: PreparedStatement,
     select_friend_requests_from: PreparedStatement,
+    insert_friend: PreparedStatement,
+    delete_friend: PreparedStatement,
+    select_friends: PreparedStatement,
     insert_privacy_zones: PreparedStatement,
     insert_field: PreparedStatement,
     delete_field: PreparedStatement,
@@ -370,6 +373,18 @@ impl Statements {
             .await?,
             select_friend_requests_from: prepare(format!(
                 "SELECT to_id FROM {ks}.friend_requests WHERE from_id = ?"
+            ))
+            .await?,
+            insert_friend: prepare(format!(
+                "INSERT INTO {ks}.friends (user_id, friend_id) VALUES (?, ?)"
+            ))
+            .await?,
+            delete_friend: prepare(format!(
+                "DELETE FROM {ks}.friends WHERE user_id = ? AND friend_id = ?"
+            ))
+            .await?,
+            select_friends: prepare(format!(
+                "SELECT friend_id FROM {ks}.friends WHERE user_id = ?"
             ))
             .await?,
             insert_privacy_zones: prepare(format!(
@@ -680,6 +695,13 @@ impl ScyllaStore {
             .map_err(corrupt)
     }
 
+    /// Both directions of a friendship in `friends`.
+    async fn befriend(&self, a: Uuid, b: Uuid) -> StoreResult<()> {
+        let insert = &self.q.insert_friend;
+        self.batch(BatchType::Logged, &[insert, insert], ((a, b), (b, a)))
+            .await
+    }
+
     fn user_from(row: UserRow) -> User {
         User {
             id: row.0,
@@ -724,16 +746,45 @@ impl UserStore for ScyllaStore {
         Ok(row.map(Self::user_from))
     }
 
+    /// The request, then, if the other direction exists, the friendship in
+    /// both directions of `friends`. Two requests racing on two nodes: each
+    /// writes, then reads the other direction, so at the configured
+    /// (quorum) consistency at least one of them sees both and writes the
+    /// friendship.
     async fn add_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<()> {
         self.execute(&self.q.insert_friend_request, (from, to))
-            .await
-            .map(|_| ())
+            .await?;
+        if self.has_friend_request(to, from).await? {
+            self.befriend(from, to).await?;
+        }
+        Ok(())
     }
 
     async fn remove_friendship(&self, a: Uuid, b: Uuid) -> StoreResult<()> {
-        let delete = &self.q.delete_friend_request;
-        self.batch(BatchType::Logged, &[delete, delete], ((a, b), (b, a)))
-            .await
+        let (request, friend) = (&self.q.delete_friend_request, &self.q.delete_friend);
+        self.batch(
+            BatchType::Logged,
+            &[request, request, friend, friend],
+            ((a, b), (b, a), (a, b), (b, a)),
+        )
+        .await
+    }
+
+    /// One partition read of `friends`. Empty there: the friendships are
+    /// computed from the requests (friendships made before the table
+    /// existed) and, if any, written to it for the next read.
+    async fn friends_of(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
+        let rows: Vec<(Uuid,)> = self
+            .first_rows(&self.q.select_friends, (user,), usize::MAX)
+            .await?;
+        if !rows.is_empty() {
+            return Ok(rows.into_iter().map(|(id,)| id).collect());
+        }
+        let friends = super::friends_by_requests(self, user).await?;
+        for friend in &friends {
+            self.befriend(user, *friend).await?;
+        }
+        Ok(friends)
     }
 
     async fn has_friend_request(&self, from: Uuid, to: Uuid) -> StoreResult<bool> {

@@ -369,6 +369,12 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
     assert!(!store.users.has_friend_request(a, b).await.unwrap());
     assert!(!store.users.has_friend_request(b, a).await.unwrap());
     assert!(store.users.has_friend_request(a, c).await.unwrap());
+    assert!(store.users.friends_of(a).await.unwrap().is_empty());
+    assert!(store.users.friends_of(b).await.unwrap().is_empty());
+    // A request answered later is a friendship on both sides.
+    store.users.add_friend_request(c, a).await.unwrap();
+    assert_eq!(store.users.friends_of(a).await.unwrap(), vec![c]);
+    assert_eq!(store.users.friends_of(c).await.unwrap(), vec![a]);
     covered.push("friend requests");
 
     // Activities: round trip and replacement.
@@ -703,4 +709,59 @@ fn migrate_applies_exactly_the_schema_shipped_in_deploy() {
         out.stdout == std::fs::read(shipped).unwrap(),
         "`trailcast migrate --print` differs from {shipped}"
     );
+}
+
+/// Friendships made before the Scylla `friends` table existed are only in
+/// `friend_requests`: the first `friends_of` finds them there and writes
+/// them to `friends`, so the next read is one partition.
+#[tokio::test]
+async fn scylla_friendships_older_than_the_friends_table_are_found_and_indexed() {
+    let cql = cql_server();
+    let (keyspace, args) = cql.keyspace().await;
+    let session = trailcast::store::scylla::connect(&args, cql.real)
+        .await
+        .unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    for (from, to) in [(a, b), (b, a)] {
+        session
+            .query_unpaged(
+                format!("INSERT INTO {keyspace}.friend_requests (from_id, to_id) VALUES (?, ?)"),
+                (from, to),
+            )
+            .await
+            .unwrap();
+    }
+    let indexed = |user: Uuid| {
+        let (session, keyspace) = (&session, &keyspace);
+        async move {
+            let rows = session
+                .query_unpaged(
+                    format!("SELECT friend_id FROM {keyspace}.friends WHERE user_id = ?"),
+                    (user,),
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap();
+            rows.rows::<(Uuid,)>()
+                .unwrap()
+                .map(|r| r.unwrap().0)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(indexed(a).await.is_empty(), "made before the table");
+    use trailcast::store::UserStore;
+    let db = ScyllaStore::open(
+        trailcast::store::scylla::connect(&args, cql.real)
+            .await
+            .unwrap(),
+        &keyspace,
+        64,
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.friends_of(a).await.unwrap(), vec![b]);
+    assert_eq!(indexed(a).await, vec![b]);
+    assert_eq!(indexed(b).await, vec![a]);
+    assert_eq!(db.friends_of(b).await.unwrap(), vec![a]);
 }

@@ -770,20 +770,24 @@ impl UserStore for ScyllaStore {
         .await
     }
 
-    /// One partition read of `friends`. Empty there: the friendships are
-    /// computed from the requests (friendships made before the table
-    /// existed) and, if any, written to it for the next read.
+    /// One partition read of `friends`. A partition without the marker row
+    /// (friend id nil) has not been checked against the requests yet
+    /// (friendships made before the table existed): they are computed from
+    /// the requests once, written, and the marker with them.
     async fn friends_of(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
         let rows: Vec<(Uuid,)> = self
             .first_rows(&self.q.select_friends, (user,), usize::MAX)
             .await?;
-        if !rows.is_empty() {
-            return Ok(rows.into_iter().map(|(id,)| id).collect());
+        let ids: Vec<Uuid> = rows.into_iter().map(|(id,)| id).collect();
+        if ids.contains(&Uuid::nil()) {
+            return Ok(ids.into_iter().filter(|id| !id.is_nil()).collect());
         }
         let friends = super::friends_by_requests(self, user).await?;
         for friend in &friends {
             self.befriend(user, *friend).await?;
         }
+        self.execute(&self.q.insert_friend, (user, Uuid::nil()))
+            .await?;
         Ok(friends)
     }
 

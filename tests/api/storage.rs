@@ -749,6 +749,7 @@ async fn scylla_friendships_older_than_the_friends_table_are_found_and_indexed()
                 .collect::<Vec<_>>()
         }
     };
+    // A friendship from before the table, and one made after it.
     assert!(indexed(a).await.is_empty(), "made before the table");
     use trailcast::store::UserStore;
     let db = ScyllaStore::open(
@@ -760,8 +761,31 @@ async fn scylla_friendships_older_than_the_friends_table_are_found_and_indexed()
     )
     .await
     .unwrap();
-    assert_eq!(db.friends_of(a).await.unwrap(), vec![b]);
-    assert_eq!(indexed(a).await, vec![b]);
-    assert_eq!(indexed(b).await, vec![a]);
+    let c = Uuid::now_v7();
+    db.add_friend_request(a, c).await.unwrap();
+    db.add_friend_request(c, a).await.unwrap();
+    assert_eq!(indexed(a).await, vec![c], "only the new one so far");
+    let mut friends = db.friends_of(a).await.unwrap();
+    friends.sort();
+    assert_eq!(friends, [b, c], "the old friendship is not lost");
+    let mut rows = indexed(a).await;
+    rows.sort();
+    assert_eq!(
+        rows,
+        [Uuid::nil(), b, c],
+        "indexed, with the checked marker"
+    );
     assert_eq!(db.friends_of(b).await.unwrap(), vec![a]);
+    // The second read is the table's (a friendship removed from the
+    // requests behind its back is not recomputed).
+    session
+        .query_unpaged(
+            format!("DELETE FROM {keyspace}.friend_requests WHERE from_id = ? AND to_id = ?"),
+            (b, a),
+        )
+        .await
+        .unwrap();
+    let mut again = db.friends_of(a).await.unwrap();
+    again.sort();
+    assert_eq!(again, [b, c]);
 }

@@ -586,3 +586,56 @@ test('devices: add one, see its key and each app\'s settings with a QR code, rev
     await browser.closeAndClean();
   }
 });
+
+test('watch page: a server outage says "connection lost, retrying", then the page is back on a WebSocket with every point', async () => {
+  const run = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN', started_at: Date.now() - 20000 } });
+  let i = 0;
+  const postPoints = (n) => {
+    const t = Date.now() - n * 1000;
+    const points = Array.from({ length: n }, (_, k) => ({ ts: t + k * 1000, ...route(i + k) }));
+    i += n;
+    return call('POST', `/v1/activities/${run.id}/points`, { token: ann.token, body: { points } });
+  };
+  await postPoints(5);
+
+  const browser = await launchBrowser();
+  const errors = [];
+  try {
+    await signInContext(browser, bob);
+    const page = await browser.newPage();
+    watchErrors(page, errors);
+    await page.goto(`${server.base}/watch.html?activity=${run.id}&lag=5`);
+    await page.waitForFunction(() => window.__trailcast?.transport === 'websocket' && window.__trailcast.track.length === 5, null, { timeout: 20000 });
+    assert.equal(await page.textContent('#badge'), 'live');
+
+    await server.down();
+    try {
+      await page.waitForFunction(() => document.getElementById('badge').textContent === 'connection lost, retrying', null, { timeout: 15000 });
+      assert.equal(await page.textContent('#delay'), 'connection lost, retrying', 'no "s behind" while nothing arrives');
+      assert.equal(await page.getAttribute('#badge', 'class'), 'badge offline');
+      // Down long enough that the WebSocket retry failed and the page fell
+      // back to polling, which failed too: it has to find its way back.
+      await page.waitForFunction(() => window.__trailcast.reconnects >= 2, null, { timeout: 15000 });
+    } finally {
+      await server.up();
+    }
+    // The athlete went on while the server was away (her phone kept the points).
+    await postPoints(5);
+    // The page finds the server again, goes back to a WebSocket (it may poll
+    // once on the way) and has every point, in time order, with no gap.
+    await page.waitForFunction(() => window.__trailcast.transport === 'websocket' && window.__trailcast.connection === 'ok' && window.__trailcast.track.length === 10, null, { timeout: 40000 });
+    const ts = await page.evaluate(() => window.__trailcast.track.map((p) => p.ts));
+    for (let k = 1; k < ts.length; k++) assert.ok(ts[k] > ts[k - 1], `track out of order at ${k}`);
+    await page.waitForFunction(() => document.getElementById('badge').textContent === 'live', null, { timeout: 10000 });
+    // The marker glides on from where it was: it never runs backwards.
+    const marks = [];
+    for (let k = 0; k < 15; k++) {
+      marks.push(await page.evaluate(() => window.__trailcast.markerTs));
+      await sleep(200);
+    }
+    for (let k = 1; k < marks.length; k++) assert.ok(marks[k] >= marks[k - 1], `marker ran backwards at sample ${k}`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});

@@ -16,11 +16,33 @@ export const artifacts = path.join(root, 'test-artifacts');
 
 /** Starts `trailcast serve` and resolves once it printed its address. */
 export async function startServer() {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'trailcast-web-'));
+  let { child, base } = await spawnServer(dataDir, '127.0.0.1:0');
+  const stopped = () => new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
+  return {
+    base,
+    async stop() {
+      child.kill('SIGTERM');
+      await stopped();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+    /** An outage: the process stops, its data stays. */
+    async down() {
+      child.kill('SIGTERM');
+      await stopped();
+    },
+    /** Back after `down()`, on the same address and data. */
+    async up() {
+      ({ child } = await spawnServer(dataDir, new URL(base).host));
+    },
+  };
+}
+
+async function spawnServer(dataDir, listen) {
   const targetDir = process.env.CARGO_TARGET_DIR ? path.resolve(root, process.env.CARGO_TARGET_DIR) : path.join(root, 'target');
   const bin = process.env.TRAILCAST_BIN || path.join(targetDir, 'debug', 'trailcast');
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'trailcast-web-'));
   // Every test user signs up from this one address.
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--signup-burst', '1000'], {
+  const child = spawn(bin, ['serve', '--listen', listen, '--data-dir', dataDir, '--signup-burst', '1000'], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
   });
@@ -33,14 +55,7 @@ export async function startServer() {
       m ? resolve(m[1]) : reject(new Error(`unexpected first line: ${line}`));
     });
   });
-  return {
-    base,
-    async stop() {
-      child.kill('SIGTERM');
-      await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
-      rmSync(dataDir, { recursive: true, force: true });
-    },
-  };
+  return { child, base };
 }
 
 /** A JSON API client for the tests' own calls. */

@@ -639,3 +639,142 @@ test('watch page: a server outage says "connection lost, retrying", then the pag
     await browser.closeAndClean();
   }
 });
+
+/**
+ * What a page offers assistive technology and low vision, checked in the
+ * page: every form control has a label, every visible button's text has
+ * 4.5:1 contrast (WCAG AA) against its background, every chart has a text
+ * alternative, and there is a live region for announcements.
+ */
+function accessibilityProblems() {
+  const problems = [];
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+    const labelled = el.closest('label') || (el.id && document.querySelector(`label[for="${el.id}"]`))
+      || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    if (!labelled) problems.push(`unlabelled control ${el.outerHTML.slice(0, 80)}`);
+  }
+  const rgba = (s) => s.match(/[\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => {
+    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  for (const b of document.querySelectorAll('button, a.button')) {
+    if (!b.offsetParent || b.disabled) continue;
+    const [hi, lo] = [luminance(rgba(getComputedStyle(b).color)), luminance(background(b))].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < 4.5) problems.push(`button "${b.textContent.trim()}" has contrast ${ratio.toFixed(2)}:1`);
+  }
+  for (const svg of document.querySelectorAll('svg.chart')) {
+    if (svg.getAttribute('role') !== 'img' || !svg.getAttribute('aria-label')) problems.push(`chart #${svg.id} has no text alternative`);
+  }
+  if (!document.querySelector('[aria-live], [role=status], [role=alert]')) problems.push('no live region');
+  return problems;
+}
+
+test('second pass, the rest: no signal, pace now, cadence, battery, start marker, live elevation; runner map, wake lock, discard; pace breaks at a pause; labels and contrast', async () => {
+  // A live run whose phone lost signal: the newest fix is ~50 s old.
+  const run = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN', started_at: Date.now() - 120000 } });
+  const t0 = Date.now() - 90000;
+  const fixes = Array.from({ length: 20 }, (_, k) => ({ ts: t0 + k * 2000, ...route(k), alt: 30 + k, hr: 150, cadence: 172, battery: 64 }));
+  await call('POST', `/v1/activities/${run.id}/points`, { token: ann.token, body: { points: fixes } });
+
+  // A finished run with a five-minute pause in the middle.
+  const t1 = Date.now() - 3600000;
+  const paused = await call('POST', '/v1/activities', { token: ann.token, body: { type: 'RUN', started_at: t1 } });
+  const legs = Array.from({ length: 80 }, (_, k) => ({ ts: t1 + k * 3000 + (k >= 40 ? 300000 : 0), ...route(k * 1.5), alt: 40 }));
+  await call('POST', `/v1/activities/${paused.id}/points`, { token: ann.token, body: { points: legs } });
+  await call('PATCH', `/v1/activities/${paused.id}`, { token: ann.token, body: { state: 'COMPLETE', at: legs.at(-1).ts } });
+
+  const browser = await launchBrowser({
+    geolocation: { latitude: 52.5, longitude: 13.3, accuracy: 5 },
+    permissions: ['geolocation'],
+  });
+  const errors = [];
+  try {
+    await signInContext(browser, ann);
+    // A wake lock that records what the page asks of it.
+    await browser.addInitScript(() => {
+      window.__wake = [];
+      Object.defineProperty(navigator, 'wakeLock', {
+        configurable: true,
+        value: {
+          async request(type) {
+            window.__wake.push(type);
+            const sentinel = new EventTarget();
+            sentinel.release = async () => { window.__wake.push('released'); };
+            return sentinel;
+          },
+        },
+      });
+    });
+
+    const watch = await browser.newPage();
+    watchErrors(watch, errors);
+    await watch.goto(`${server.base}/watch.html?activity=${run.id}&lag=5`);
+    await watch.waitForFunction(() => window.__trailcast?.track.length === 20, null, { timeout: 20000 });
+    await watch.waitForFunction(() => document.getElementById('badge').textContent === 'no signal from the athlete', null, { timeout: 10000 });
+    assert.equal(await watch.getAttribute('#badge', 'class'), 'badge stale');
+    assert.match(await watch.textContent('#pace-now'), /^\d+:\d\d \/km$/, 'pace over the last minute');
+    assert.match(await watch.textContent('#elapsed'), /\d/);
+    assert.equal(await watch.textContent('#cadence'), '172 spm');
+    assert.equal(await watch.textContent('#battery'), '64 %');
+    assert.equal(await watch.locator('.start-marker').count(), 1, 'the start is marked');
+    await watch.waitForSelector('#elevation:not([hidden]) path', { state: 'attached' });
+    assert.match(await watch.getAttribute('#elevation', 'aria-label'), /from 30 m to 49 m/);
+    assert.deepEqual(await watch.evaluate(accessibilityProblems), [], 'watch page');
+
+    // The activity page: the pace line stops at the pause and goes on after it.
+    const activity = await browser.newPage();
+    watchErrors(activity, errors);
+    await activity.goto(`${server.base}/activity.html?id=${paused.id}`);
+    await activity.waitForSelector('#pace-chart path', { state: 'attached' });
+    const d = await activity.getAttribute('#pace-chart path', 'd');
+    assert.equal(d.match(/M/g).length, 2, 'one line before the pause, one after');
+    assert.deepEqual(await activity.evaluate(accessibilityProblems), [], 'activity page');
+
+    const home = await browser.newPage();
+    watchErrors(home, errors);
+    await home.goto(`${server.base}/`);
+    await home.waitForSelector('header.top .me');
+    assert.deepEqual(await home.evaluate(accessibilityProblems), [], 'home page');
+
+    // Recording: the own track on a map, the screen kept on, finish and
+    // discard away from pause and both asking first.
+    const runner = await browser.newPage();
+    watchErrors(runner, errors);
+    await runner.goto(`${server.base}/runner.html`);
+    assert.deepEqual(await runner.evaluate(accessibilityProblems), [], 'runner page');
+    await runner.click('#start');
+    await runner.waitForSelector('body[data-state="STARTED"]');
+    for (let k = 1; k <= 3; k++) {
+      await browser.setGeolocation({ latitude: 52.5 + k * 0.0002, longitude: 13.3, accuracy: 5 });
+      await runner.waitForFunction((n) => window.__trailcast.recorded.length >= n, k, { timeout: 10000 });
+    }
+    await runner.waitForSelector('#map:not([hidden]) path.leaflet-interactive', { state: 'attached' });
+    assert.deepEqual(await runner.evaluate(() => window.__wake), ['screen']);
+    assert.match(await runner.textContent('#wake'), /screen stays on/);
+    assert.equal(await runner.evaluate(() => document.getElementById('finish').closest('.runner-controls')), null, 'finish is not next to pause');
+    assert.equal(await runner.evaluate(() => document.getElementById('pause').closest('.runner-controls') !== null), true);
+    runner.once('dialog', (dialog) => dialog.dismiss());
+    await runner.click('#discard');
+    assert.equal(await runner.evaluate(() => document.body.dataset.state), 'STARTED', 'discard asks first');
+    runner.once('dialog', (dialog) => dialog.accept());
+    await runner.click('#discard');
+    await runner.waitForSelector('body[data-state="DISCARDED"]', { timeout: 15000 });
+    assert.deepEqual(await runner.evaluate(() => window.__wake), ['screen', 'released']);
+    const session = await runner.evaluate(() => window.__trailcastRunner.session());
+    await runner.waitForFunction(() => window.__trailcastRunner.session().changes.length === 0, null, { timeout: 15000 });
+    const discarded = await fetch(`${server.base}/v1/activities/${session.id}`, { headers: { authorization: `Bearer ${ann.token}` } });
+    assert.ok(discarded.status === 404 || (await discarded.json()).state === 'DISCARDED', `discarded activity answered ${discarded.status}`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.closeAndClean();
+  }
+});

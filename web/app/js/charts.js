@@ -2,7 +2,10 @@
 
 const NS = 'http://www.w3.org/2000/svg';
 
-/** Draws ys over xs into an <svg>; labels format the axis ends. */
+/**
+ * Draws ys over xs into an <svg>; labels format the axis ends. A missing
+ * value (NaN: a pause, no altitude) breaks the line instead of bridging it.
+ */
 export function lineChart(svg, xs, ys, { xLabel = (x) => x, yLabel = (y) => y, invert = false } = {}) {
   svg.replaceChildren();
   const W = Math.round(svg.clientWidth) || 600, H = Math.round(svg.clientHeight) || 140, pad = 28;
@@ -20,7 +23,13 @@ export function lineChart(svg, xs, ys, { xLabel = (x) => x, yLabel = (y) => y, i
   const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (W - 2 * pad);
   const sy = (y) => { const f = (y - y0) / (y1 - y0); return invert ? pad / 2 + f * (H - pad) : H - pad / 2 - f * (H - pad); };
   const path = document.createElementNS(NS, 'path');
-  path.setAttribute('d', ok.map(([x, y], i) => `${i ? 'L' : 'M'}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(''));
+  let d = '', pen = 'M';
+  xs.forEach((x, i) => {
+    if (!isFinite(x) || !isFinite(ys[i])) { pen = 'M'; return; }
+    d += `${pen}${sx(x).toFixed(1)},${sy(ys[i]).toFixed(1)}`;
+    pen = 'L';
+  });
+  path.setAttribute('d', d);
   path.setAttribute('vector-effect', 'non-scaling-stroke');
   svg.append(path);
   const label = (x, y, text, anchor = 'start') => {

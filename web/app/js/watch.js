@@ -134,8 +134,10 @@ let elevationDrawn = 0;
 function renderElevation() {
   const withAlt = view.track.filter((p) => p.alt != null);
   const svg = $('elevation');
-  svg.hidden = withAlt.length < 2;
-  if (svg.hidden || withAlt.length - elevationDrawn < 5) return;
+  // An <svg> has no `hidden` property (only HTML elements do): the attribute.
+  const hide = withAlt.length < 2;
+  svg.toggleAttribute('hidden', hide);
+  if (hide || withAlt.length - elevationDrawn < 5) return;
   elevationDrawn = withAlt.length;
   const dist = [0];
   for (let i = 1; i < withAlt.length; i++) dist.push(dist[i - 1] + metres(withAlt[i - 1], withAlt[i]));

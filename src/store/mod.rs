@@ -13,6 +13,7 @@ pub mod audience;
 pub mod embedded;
 pub mod leaderboard;
 pub mod recent;
+pub mod recent_codec;
 pub mod recent_memory;
 pub mod recent_redis;
 pub mod redis_conn;

@@ -5,7 +5,7 @@
 //!
 //! | key | type | contents | TTL |
 //! | --- | --- | --- | --- |
-//! | `<prefix>recent:{<activity_id>}` | stream | one field `i`: a JSON `RecentItem` | `RECENT_TTL_MS` after the last append |
+//! | `<prefix>recent:{<activity_id>}` | stream | one field `i`: a `RecentItem`, compact (`recent_codec`: points and statistics in binary, the rest JSON) | `RECENT_TTL_MS` after the last append |
 //!
 //! Stream ids are Redis's own `<ms>-<seq>` (the server's clock), which are
 //! exactly our `StreamCursor`s: every node releases the same entry at the
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::recent::{
     RECENT_CAP, RECENT_TTL_MS, RECENT_WINDOW_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
 };
-use super::{StoreError, StoreResult};
+use super::{StoreError, StoreResult, recent_codec};
 use crate::clock::Clock;
 use crate::domain::time::Millis;
 
@@ -46,7 +46,7 @@ impl From<redis::RedisError> for StoreError {
 }
 
 /// Raw XRANGE reply: entries of `[id, [field, value, ...]]`.
-type StreamReply = Vec<(String, Vec<String>)>;
+type StreamReply = Vec<(String, Vec<Vec<u8>>)>;
 
 impl RedisRecentStore {
     /// Does not connect: the first command does, so a node starts (and
@@ -89,15 +89,16 @@ impl RedisRecentStore {
                 let cursor: StreamCursor = id
                     .parse()
                     .map_err(|_| StoreError::corrupt("recent stream", format!("stream id {id}")))?;
-                let json = fields
+                let bytes = fields
                     .chunks(2)
-                    .find(|kv| kv[0] == "i")
+                    .find(|kv| kv[0] == b"i")
                     .and_then(|kv| kv.get(1))
                     .ok_or_else(|| {
                         StoreError::corrupt("recent stream", format!("entry {id} has no item"))
                     })?;
-                let item = serde_json::from_str(json)
-                    .map_err(|e| StoreError::corrupt("recent stream", e))?;
+                let item = recent_codec::decode(bytes).map_err(|e| {
+                    StoreError::corrupt("recent stream", format!("entry {id}: {e}"))
+                })?;
                 Ok(RecentEntry { cursor, item })
             })
             .collect()
@@ -113,8 +114,6 @@ impl RecentStore for RedisRecentStore {
         let min_id = self.clock.now_ms() - RECENT_WINDOW_MS;
         let mut pipe = redis::pipe();
         for item in items {
-            let json =
-                serde_json::to_string(item).map_err(|e| StoreError::corrupt("recent item", e))?;
             pipe.cmd("XADD")
                 .arg(&key)
                 .arg("MINID")
@@ -122,7 +121,7 @@ impl RecentStore for RedisRecentStore {
                 .arg(min_id)
                 .arg("*")
                 .arg("i")
-                .arg(json)
+                .arg(recent_codec::encode(item))
                 .ignore();
         }
         pipe.cmd("XTRIM")

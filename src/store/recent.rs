@@ -77,8 +77,14 @@ pub struct RecentEntry {
 pub trait RecentStore: Send + Sync + 'static {
     /// Appends items (in the given order) stamped with the backend's current
     /// time, trims the stream to `RECENT_CAP` and renews its TTL.
+    /// Statistics end an append (a post's points, or a state change, then
+    /// the statistics after it); a backend may keep only the newest
+    /// statistics of an activity (Redis does: `recent_redis`).
     async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()>;
-    /// Up to `limit` entries strictly after `after`, in arrival order.
+    /// Up to `limit` entries strictly after `after`, in arrival order. The
+    /// newest statistics after `after` are among them, right after the
+    /// entry appended with them, once the page reaches that entry; older
+    /// statistics may be missing (playback only keeps the newest).
     async fn since(
         &self,
         activity: Uuid,

@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use trailcast::domain::{ActivityState, Point};
+use trailcast::domain::{ActivityState, Point, Stats};
 use trailcast::store::RecentEntry;
 use trailcast::store::recent::RECENT_CAP;
 use trailcast::store::recent_memory::MemoryRecentStore;
@@ -126,6 +126,8 @@ async fn recent_contract(store: &dyn RecentStore) {
         "nothing arrived by then"
     );
 
+    statistics_contract(store).await;
+
     let b = Uuid::now_v7();
     let many: Vec<RecentItem> = (0..RECENT_CAP as i64 + 500)
         .map(|i| RecentItem::Point(p(i)))
@@ -158,6 +160,88 @@ async fn recent_contract(store: &dyn RecentStore) {
         "the newest are kept"
     );
     store.health().await.unwrap();
+}
+
+fn stats(points: u64) -> RecentItem {
+    RecentItem::Stats(Stats {
+        distance_m: points as f64 * 4.5,
+        moving_time_s: points as f64,
+        elapsed_time_s: points as f64 + 0.5,
+        avg_pace_s_per_km: Some(222.2),
+        avg_speed_m_s: Some(4.5),
+        elevation_gain_m: 1.5,
+        calories_kcal: 3.0,
+        points,
+        step: None,
+    })
+}
+
+/// Statistics end an append and follow the entry appended before them. A
+/// backend may keep only the newest (Redis does, #13: they were half of
+/// every stream), so a reader is promised the newest statistics after its
+/// cursor, in their place, and no page boundary loses them or a point.
+async fn statistics_contract(store: &dyn RecentStore) {
+    let c = Uuid::now_v7();
+    let point = |ts| RecentItem::Point(p(ts));
+    store.append(c, &[point(1_000), stats(1)]).await.unwrap();
+    let first = store.since(c, None, 100).await.unwrap();
+    assert_eq!(
+        first.iter().map(|e| e.item.clone()).collect::<Vec<_>>(),
+        [point(1_000), stats(1)]
+    );
+    store
+        .append(c, &[point(2_000), point(3_000), stats(3)])
+        .await
+        .unwrap();
+    let all = store.since(c, None, 100).await.unwrap();
+    let items: Vec<RecentItem> = all.iter().map(|e| e.item.clone()).collect();
+    assert_eq!(
+        items
+            .iter()
+            .filter(|i| matches!(i, RecentItem::Point(_)))
+            .cloned()
+            .collect::<Vec<_>>(),
+        [point(1_000), point(2_000), point(3_000)]
+    );
+    assert_eq!(items[items.len() - 2..], [point(3_000), stats(3)]);
+    assert!(all.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    // A reader that saw the first post gets the second and its statistics.
+    let next = store.since(c, Some(first[1].cursor), 100).await.unwrap();
+    assert_eq!(
+        next.iter().map(|e| e.item.clone()).collect::<Vec<_>>(),
+        [point(2_000), point(3_000), stats(3)]
+    );
+    // One entry per page: the same entries, none lost at a boundary.
+    let mut paged: Vec<RecentEntry> = Vec::new();
+    loop {
+        let page = store
+            .since(c, paged.last().map(|e| e.cursor), 1)
+            .await
+            .unwrap();
+        assert!(page.len() <= 1, "a page of {}", page.len());
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    // Statistics with nothing before them in the append still arrive.
+    store.append(c, &[stats(4)]).await.unwrap();
+    let last = store
+        .since(c, all.last().map(|e| e.cursor), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        last.iter().map(|e| e.item.clone()).collect::<Vec<_>>(),
+        [stats(4)]
+    );
+    // And the next post after them lands after them.
+    store.append(c, &[point(5_000), stats(5)]).await.unwrap();
+    let after = store.since(c, Some(last[0].cursor), 100).await.unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.item.clone()).collect::<Vec<_>>(),
+        [point(5_000), stats(5)]
+    );
 }
 
 #[tokio::test]

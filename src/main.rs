@@ -27,10 +27,11 @@ async fn main() -> anyhow::Result<()> {
             }
             let session = scylla::connect(cql, true).await?;
             scylla::migrate(&session, &cql.keyspace, &cql.replication).await?;
+            let versions = scylla::applied_versions(&session, &cql.keyspace).await?;
             println!(
-                "schema version {} applied to keyspace {}",
-                scylla::SCHEMA_VERSION,
-                cql.keyspace
+                "keyspace {} at schema version {} (recorded: {versions:?})",
+                cql.keyspace,
+                versions.last().copied().unwrap_or(scylla::SCHEMA_VERSION),
             );
             Ok(())
         }

@@ -65,8 +65,27 @@ use crate::domain::{Activity, Point, PrivacyZone, Visibility};
 
 /// The schema, as shipped in deploy/ (one copy for the binary and deploy/).
 pub const SCHEMA: &str = include_str!("../../deploy/scylla/schema.cql");
-/// The version recorded in `schema_migrations` once [`SCHEMA`] is applied.
+/// The version of the first schema. A keyspace made from [`SCHEMA`] is at
+/// the newest version at once: the file holds every migration's change.
 pub const SCHEMA_VERSION: i32 = 1;
+
+/// A change to a table that exists already (`CREATE … IF NOT EXISTS` in
+/// [`SCHEMA`] cannot change one). `migrate` runs each once, in version
+/// order, on a keyspace whose `schema_migrations` lacks its version, and
+/// then records it; `{ks}` in `cql` is the keyspace.
+pub struct Migration {
+    pub version: i32,
+    pub what: &'static str,
+    pub cql: &'static str,
+}
+
+/// Every migration after version 1, oldest first. When adding one, make
+/// the same change in deploy/scylla/schema.cql.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2,
+    what: "points: 30-day compaction windows instead of one-day ones (about 12 windows a year, not 365)",
+    cql: "ALTER TABLE {ks}.points WITH compaction = {'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'DAYS', 'compaction_window_size': 30}",
+}];
 pub const DEFAULT_KEYSPACE: &str = "trailcast";
 pub use crate::config::DEFAULT_REPLICATION;
 
@@ -209,8 +228,25 @@ impl RetrySession for WriteTimeoutRetrySession {
     }
 }
 
-/// Creates whatever of the schema is missing and records its version.
+/// Creates whatever of the schema is missing, then brings an existing
+/// keyspace up to date with [`MIGRATIONS`].
 pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> anyhow::Result<()> {
+    migrate_with(session, keyspace, replication, MIGRATIONS).await
+}
+
+/// [`migrate`] with the given migrations (tests run their own).
+///
+/// A keyspace with no version recorded is new: [`SCHEMA`] made it as the
+/// newest version, so every version is recorded and no migration runs.
+/// One with versions recorded (every keyspace `migrate` ever touched has
+/// at least 1) gets the migrations it lacks, each recorded as it is done,
+/// so an interrupted run resumes where it stopped.
+pub async fn migrate_with(
+    session: &Session,
+    keyspace: &str,
+    replication: &str,
+    migrations: &[Migration],
+) -> anyhow::Result<()> {
     check_keyspace(keyspace)?;
     for statement in schema_statements(&render_schema(keyspace, replication)) {
         let head = statement.lines().next().unwrap_or_default().to_owned();
@@ -219,17 +255,60 @@ pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> an
             .await
             .with_context(|| format!("applying `{head}`"))?;
     }
-    session
+    let applied = applied_versions(session, keyspace).await?;
+    let record = |version: i32| async move {
+        session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {keyspace}.schema_migrations (version, applied_at) VALUES (?, ?)"
+                ),
+                (version, CqlTimestamp(crate::clock::Clock::System.now_ms())),
+            )
+            .await
+            .with_context(|| format!("recording schema version {version}"))
+    };
+    if applied.is_empty() {
+        record(SCHEMA_VERSION).await?;
+        for m in migrations {
+            record(m.version).await?;
+        }
+        return Ok(());
+    }
+    for m in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+        tracing::info!(
+            version = m.version,
+            what = m.what,
+            "applying a schema migration"
+        );
+        session
+            .query_unpaged(m.cql.replace("{ks}", keyspace), ())
+            .await
+            .with_context(|| format!("schema migration {}: {}", m.version, m.what))?;
+        record(m.version).await?;
+    }
+    Ok(())
+}
+
+/// The versions `schema_migrations` holds.
+pub async fn applied_versions(session: &Session, keyspace: &str) -> anyhow::Result<Vec<i32>> {
+    check_keyspace(keyspace)?;
+    let rows = session
         .query_unpaged(
-            format!("INSERT INTO {keyspace}.schema_migrations (version, applied_at) VALUES (?, ?)"),
-            (
-                SCHEMA_VERSION,
-                CqlTimestamp(crate::clock::Clock::System.now_ms()),
-            ),
+            format!("SELECT version FROM {keyspace}.schema_migrations"),
+            (),
         )
         .await
-        .context("recording the schema version")?;
-    Ok(())
+        .context("reading the schema versions")?
+        .into_rows_result()
+        .context("reading the schema versions")?;
+    let mut versions = rows
+        .rows::<(i32,)>()
+        .context("reading the schema versions")?
+        .map(|row| row.map(|(v,)| v))
+        .collect::<Result<Vec<i32>, _>>()
+        .context("reading the schema versions")?;
+    versions.sort_unstable();
+    Ok(versions)
 }
 
 /// A failed request: `Busy` when the cluster is overloaded, timing out or

@@ -711,6 +711,97 @@ fn migrate_applies_exactly_the_schema_shipped_in_deploy() {
     );
 }
 
+/// Versioned migrations: a keyspace made by an older version gets the
+/// migrations it lacks, once, in order; a new keyspace is recorded at the
+/// newest version without running them. The test runs migrations of its
+/// own that kassandra can parse (it has no `ALTER TABLE`, which the real
+/// migrations use); against a real cluster (`SCYLLA_NODES`) it also runs
+/// the shipped ones on an older keyspace.
+#[tokio::test]
+async fn scylla_migrations_run_once_in_order_on_older_keyspaces_only() {
+    use trailcast::store::scylla::{MIGRATIONS, Migration, applied_versions, migrate_with};
+    assert!(
+        MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version)
+            && MIGRATIONS.iter().all(|m| m.version > 1),
+        "migrations in version order, after the first schema"
+    );
+    let cql = cql_server();
+    let (_, args) = cql.keyspace().await;
+    let session = trailcast::store::scylla::connect(&args, cql.real)
+        .await
+        .unwrap();
+    let ours = [
+        Migration {
+            version: 2,
+            what: "a table",
+            cql: "CREATE TABLE IF NOT EXISTS {ks}.probe (id int, PRIMARY KEY ((id)))",
+        },
+        Migration {
+            version: 3,
+            what: "a row in it",
+            cql: "INSERT INTO {ks}.probe (id) VALUES (3)",
+        },
+    ];
+    let probe = |ks: String| {
+        let session = &session;
+        async move {
+            session
+                .query_unpaged(format!("SELECT id FROM {ks}.probe WHERE id = 3"), ())
+                .await
+                .ok()
+                .map(|r| r.into_rows_result().unwrap().rows_num())
+        }
+    };
+
+    // A keyspace as the first version left it: version 1 only.
+    let old = format!("tc_test_{}", Uuid::now_v7().simple());
+    migrate_with(&session, &old, &args.replication, &[])
+        .await
+        .unwrap();
+    assert_eq!(applied_versions(&session, &old).await.unwrap(), [1]);
+    migrate_with(&session, &old, &args.replication, &ours)
+        .await
+        .unwrap();
+    assert_eq!(applied_versions(&session, &old).await.unwrap(), [1, 2, 3]);
+    assert_eq!(probe(old.clone()).await, Some(1), "both migrations ran");
+    // Run again: nothing runs twice (the deleted row stays deleted).
+    session
+        .query_unpaged(format!("DELETE FROM {old}.probe WHERE id = 3"), ())
+        .await
+        .unwrap();
+    migrate_with(&session, &old, &args.replication, &ours)
+        .await
+        .unwrap();
+    assert_eq!(probe(old.clone()).await, Some(0), "a migration ran twice");
+    assert_eq!(applied_versions(&session, &old).await.unwrap(), [1, 2, 3]);
+
+    // A new keyspace: every version recorded, no migration run.
+    let new = format!("tc_test_{}", Uuid::now_v7().simple());
+    migrate_with(&session, &new, &args.replication, &ours)
+        .await
+        .unwrap();
+    assert_eq!(applied_versions(&session, &new).await.unwrap(), [1, 2, 3]);
+    assert_eq!(probe(new).await, None, "no probe table in a new keyspace");
+
+    if cql.real {
+        // The shipped migrations on a keyspace of the first version.
+        let shipped = format!("tc_test_{}", Uuid::now_v7().simple());
+        migrate_with(&session, &shipped, &args.replication, &[])
+            .await
+            .unwrap();
+        trailcast::store::scylla::migrate(&session, &shipped, &args.replication)
+            .await
+            .unwrap();
+        let want: Vec<i32> = [1]
+            .into_iter()
+            .chain(MIGRATIONS.iter().map(|m| m.version))
+            .collect();
+        assert_eq!(applied_versions(&session, &shipped).await.unwrap(), want);
+    } else {
+        println!("the shipped migrations (ALTER TABLE) need a real cluster: SCYLLA_NODES is unset");
+    }
+}
+
 /// Friendships made before the Scylla `friends` table existed are only in
 /// `friend_requests`: the first `friends_of` finds them there and writes
 /// them to `friends`, so the next read is one partition.

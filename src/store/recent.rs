@@ -26,6 +26,13 @@ use crate::domain::{ActivityState, Point, Stats};
 /// watchers whole while a steady stream stays small. Measured: 60 s cost
 /// ~11.7 KB of Redis per activity posting every 2-5 s (deploy/CAPACITY.md).
 pub const RECENT_WINDOW_MS: Millis = 30_000;
+/// How much of a stream a store shared by the nodes (Redis) keeps. Its
+/// readers are the nodes' feeds, which pull every 250 ms and keep
+/// `RECENT_WINDOW_MS` in their own memory (the pollers' slack is served
+/// from there), and a feed that starts, which needs what the longest lag
+/// (10 s) has not released yet: 10 s plus as much again of slack. Every
+/// second of it costs Redis memory for every live activity (#13).
+pub const SHARED_WINDOW_MS: Millis = 20_000;
 /// Hard bound on entries per stream, whatever the rate.
 pub const RECENT_CAP: usize = 16_384;
 pub const RECENT_TTL_MS: Millis = 60 * 60 * 1000;

@@ -11,9 +11,10 @@
 //! Stream ids are Redis's own `<ms>-<seq>` (the server's clock), which are
 //! exactly our `StreamCursor`s: every node releases the same entry at the
 //! same moment. `append` is one script (`APPEND_SCRIPT`): an `XADD … MINID ~
-//! <now - 30 s>` per item, an `XTRIM MAXLEN ~ RECENT_CAP` as a hard bound and
+//! <now - 20 s>` per point or state change (`SHARED_WINDOW_MS`: the feeds
+//! keep their own 30 s), an `XTRIM MAXLEN ~ RECENT_CAP` as a hard bound and
 //! a `PEXPIRE`, so an ingest request costs one round trip and a steady
-//! stream keeps about 30 s of entries.
+//! stream keeps about 20 s of entries.
 //!
 //! Statistics are kept once per activity, not once per post (#13: they
 //! were half of every stream's entries, and Redis memory is per entry): the
@@ -36,7 +37,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::recent::{
-    RECENT_CAP, RECENT_TTL_MS, RECENT_WINDOW_MS, RecentEntry, RecentItem, RecentStore, StreamCursor,
+    RECENT_CAP, RECENT_TTL_MS, RecentEntry, RecentItem, RecentStore, SHARED_WINDOW_MS, StreamCursor,
 };
 use super::{StoreError, StoreResult, recent_codec};
 use crate::clock::Clock;
@@ -176,8 +177,8 @@ impl RedisRecentStore {
 impl RecentStore for RedisRecentStore {
     async fn append(&self, activity: Uuid, items: &[RecentItem]) -> StoreResult<()> {
         // MINID trims by time (ids are arrival ms); the node's clock stands
-        // in for Redis's, close enough for a 30 s window.
-        let min_id = self.clock.now_ms() - RECENT_WINDOW_MS;
+        // in for Redis's, close enough for a 20 s window.
+        let min_id = self.clock.now_ms() - SHARED_WINDOW_MS;
         let (stats, entries) = match items.split_last() {
             Some((last @ RecentItem::Stats(_), rest)) => (recent_codec::encode(last), rest),
             _ => (Vec::new(), items),
@@ -245,8 +246,9 @@ impl RecentStore for RedisRecentStore {
         until: Millis,
     ) -> StoreResult<Option<RecentEntry>> {
         let mut conn = self.conn.clone();
-        // Each points request ends with one stats entry, so a point is
-        // among the newest few entries unless only state changes followed.
+        // The stream holds points and state changes (statistics live in
+        // `rstats`), so a point is among the newest few entries unless
+        // many state changes followed it.
         let reply: StreamReply = redis::cmd("XREVRANGE")
             .arg(self.key(activity))
             .arg(until.max(0))

@@ -122,20 +122,20 @@ impl PointInput {
     }
 }
 
-const HAS_ALT: u8 = 1;
-const HAS_SPEED: u8 = 2;
-const HAS_ACCURACY: u8 = 4;
-const HAS_HR: u8 = 8;
-const HAS_CADENCE: u8 = 16;
-const HAS_BATTERY: u8 = 32;
+// Which optional fields a compact encoding holds (`Point::present`): the
+// stored value here and the live stream's (`store::recent_codec`).
+pub(crate) const HAS_ALT: u8 = 1;
+pub(crate) const HAS_SPEED: u8 = 2;
+pub(crate) const HAS_ACCURACY: u8 = 4;
+pub(crate) const HAS_HR: u8 = 8;
+pub(crate) const HAS_CADENCE: u8 = 16;
+pub(crate) const HAS_BATTERY: u8 = 32;
 
 impl Point {
-    /// Compact storage encoding of everything but `ts` (which is in the key):
-    /// a flags byte, lat and lng, then the optional fields that are present.
-    /// 17 bytes for a bare fix, 46 with everything.
-    pub fn encode_value(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(45);
-        let flags = [
+    /// The flags byte of the compact encodings: a `HAS_*` bit per optional
+    /// field that is present.
+    pub(crate) fn present(&self) -> u8 {
+        [
             (self.alt.is_some(), HAS_ALT),
             (self.speed.is_some(), HAS_SPEED),
             (self.accuracy.is_some(), HAS_ACCURACY),
@@ -145,8 +145,15 @@ impl Point {
         ]
         .iter()
         .filter(|(present, _)| *present)
-        .fold(0u8, |acc, (_, bit)| acc | bit);
-        out.push(flags);
+        .fold(0u8, |acc, (_, bit)| acc | bit)
+    }
+
+    /// Compact storage encoding of everything but `ts` (which is in the key):
+    /// a flags byte, lat and lng, then the optional fields that are present.
+    /// 17 bytes for a bare fix, 46 with everything.
+    pub fn encode_value(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(45);
+        out.push(self.present());
         out.extend_from_slice(&self.lat.to_le_bytes());
         out.extend_from_slice(&self.lng.to_le_bytes());
         for v in [self.alt, self.speed, self.accuracy].into_iter().flatten() {

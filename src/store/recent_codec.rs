@@ -14,6 +14,7 @@
 //! varint of `zigzag(n) << 4 | k`; any other float is `15` followed by its
 //! eight bytes. Integers are plain varints.
 
+use crate::domain::point::{HAS_ACCURACY, HAS_ALT, HAS_BATTERY, HAS_CADENCE, HAS_HR, HAS_SPEED};
 use crate::domain::time::Millis;
 use crate::domain::{Point, Stats};
 
@@ -21,13 +22,6 @@ use super::recent::RecentItem;
 
 const TAG_POINT: u8 = 1;
 const TAG_STATS: u8 = 2;
-
-const HAS_ALT: u8 = 1;
-const HAS_SPEED: u8 = 2;
-const HAS_ACCURACY: u8 = 4;
-const HAS_HR: u8 = 8;
-const HAS_CADENCE: u8 = 16;
-const HAS_BATTERY: u8 = 32;
 
 const HAS_PACE: u8 = 1;
 const HAS_AVG_SPEED: u8 = 2;
@@ -44,18 +38,7 @@ pub fn encode(item: &RecentItem) -> Vec<u8> {
     match item {
         RecentItem::Point(p) => {
             out.push(TAG_POINT);
-            let flags = [
-                (p.alt.is_some(), HAS_ALT),
-                (p.speed.is_some(), HAS_SPEED),
-                (p.accuracy.is_some(), HAS_ACCURACY),
-                (p.hr.is_some(), HAS_HR),
-                (p.cadence.is_some(), HAS_CADENCE),
-                (p.battery.is_some(), HAS_BATTERY),
-            ]
-            .iter()
-            .filter(|(present, _)| *present)
-            .fold(0, |acc, (_, bit)| acc | bit);
-            out.push(flags);
+            out.push(p.present());
             put_varint(&mut out, zigzag(p.ts));
             put_f64(&mut out, p.lat);
             put_f64(&mut out, p.lng);

@@ -292,21 +292,21 @@ pub async fn migrate_with(
 /// The versions `schema_migrations` holds.
 pub async fn applied_versions(session: &Session, keyspace: &str) -> anyhow::Result<Vec<i32>> {
     check_keyspace(keyspace)?;
-    let rows = session
-        .query_unpaged(
-            format!("SELECT version FROM {keyspace}.schema_migrations"),
-            (),
-        )
-        .await
-        .context("reading the schema versions")?
-        .into_rows_result()
-        .context("reading the schema versions")?;
-    let mut versions = rows
-        .rows::<(i32,)>()
-        .context("reading the schema versions")?
-        .map(|row| row.map(|(v,)| v))
-        .collect::<Result<Vec<i32>, _>>()
-        .context("reading the schema versions")?;
+    let read = async {
+        let rows = session
+            .query_unpaged(
+                format!("SELECT version FROM {keyspace}.schema_migrations"),
+                (),
+            )
+            .await?
+            .into_rows_result()?;
+        let versions = rows
+            .rows::<(i32,)>()?
+            .map(|row| row.map(|(v,)| v))
+            .collect::<Result<Vec<i32>, _>>()?;
+        anyhow::Ok(versions)
+    };
+    let mut versions = read.await.context("reading the schema versions")?;
     versions.sort_unstable();
     Ok(versions)
 }

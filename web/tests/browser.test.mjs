@@ -25,6 +25,12 @@ after(async () => {
   await server?.stop();
 });
 
+/** A browser whose pages may read a GPS fix, at first this one. */
+const WITH_GPS = {
+  geolocation: { latitude: 52.5, longitude: 13.3, accuracy: 5 },
+  permissions: ['geolocation'],
+};
+
 /** East along a parallel through Berlin, ~6.8 m per 0.0001° of longitude. */
 const route = (i) => ({ lat: 52.52, lng: 13.4 + i * 0.0001 });
 
@@ -117,10 +123,7 @@ test('watch page falls back to polling and redraws late points in time order', a
 });
 
 test('runner page: no recorded point is lost when the network drops', async () => {
-  const browser = await launchBrowser({
-    geolocation: { latitude: 52.5, longitude: 13.3, accuracy: 5 },
-    permissions: ['geolocation'],
-  });
+  const browser = await launchBrowser(WITH_GPS);
   const errors = [];
   try {
     await signInContext(browser, ann);
@@ -692,10 +695,7 @@ test('second pass, the rest: no signal, pace now, cadence, battery, start marker
   await call('POST', `/v1/activities/${paused.id}/points`, { token: ann.token, body: { points: legs } });
   await call('PATCH', `/v1/activities/${paused.id}`, { token: ann.token, body: { state: 'COMPLETE', at: legs.at(-1).ts } });
 
-  const browser = await launchBrowser({
-    geolocation: { latitude: 52.5, longitude: 13.3, accuracy: 5 },
-    permissions: ['geolocation'],
-  });
+  const browser = await launchBrowser(WITH_GPS);
   const errors = [];
   try {
     await signInContext(browser, ann);

@@ -37,7 +37,8 @@ pub struct ErrorDetail {
     message: String,
 }
 
-/// One point, or `{"points": [...]}` (at most 10,000).
+/// One point, or `{"points": [...]}` (at most 10,000); a body with both
+/// `points` and a point's `ts`, `lat` or `lng` is refused (422).
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(untagged)]
 #[allow(dead_code)]

@@ -30,11 +30,18 @@ fn decode(raw: &str) -> Result<Fix, RejectCode> {
         .to_fix()
 }
 
-/// Whether the body is a batch: its `points`, if it has that key.
+/// Whether the body is a batch: its `points`, if it has that key, and
+/// whether it also carries a point's own fields (which makes it ambiguous).
 #[derive(Deserialize)]
 struct Probe<'a> {
     #[serde(borrow, default)]
     points: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ts: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    lat: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    lng: Option<&'a RawValue>,
 }
 
 /// The fixes of a points body (one point, or `{"points": [...]}`), each
@@ -52,6 +59,15 @@ pub(crate) fn parse_body(body: &str) -> Result<(Vec<Result<Fix, RejectCode>>, bo
     // here, once as the point.
     let probe: Probe = serde_json::from_str(body).map_err(|_| not_a_body())?;
     Ok(match probe.points {
+        // `{"ts", "lat", "lng", "points": [...]}` is both a point and a
+        // batch (the document's `oneOf` forbids it): refuse rather than
+        // guess which was meant.
+        Some(_) if probe.ts.is_some() || probe.lat.is_some() || probe.lng.is_some() => {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "a body is one point or {\"points\": [...]}, not both",
+            ));
+        }
         Some(points) => {
             let points: Vec<&RawValue> = serde_json::from_str(points.get())
                 .map_err(|_| ApiError::invalid("invalid_body", "`points` must be an array"))?;

@@ -227,6 +227,23 @@ async fn batches_are_limited_to_10000_points() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body"))
     );
+    // Both a point and a batch: refused whole, nothing of it stored.
+    let late = t0 + 20_000 * 1000;
+    let (status, body) = app
+        .post_points(
+            &ann,
+            &id,
+            json!({"ts": late, "lat": 1, "lng": 1, "points": track(late, 2, 1000, 3.0)}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body"))
+    );
+    let (_, route) = app
+        .get(&format!("/v1/activities/{id}/route"), &ann.token)
+        .await;
+    assert_eq!(route["points"].as_array().map(Vec::len), Some(10_000));
 }
 
 #[tokio::test]

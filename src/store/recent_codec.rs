@@ -80,6 +80,11 @@ pub fn encode(item: &RecentItem) -> Vec<u8> {
     out
 }
 
+/// Whether `bytes` (from `encode`) hold a point, without decoding them.
+pub fn is_point(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&TAG_POINT)
+}
+
 /// The item `bytes` hold, or why not.
 pub fn decode(bytes: &[u8]) -> Result<RecentItem, String> {
     let (&tag, rest) = bytes.split_first().ok_or("an empty item")?;
@@ -168,7 +173,7 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -194,7 +199,7 @@ fn put_f64(out: &mut Vec<u8>, v: f64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl Reader<'_> {
     fn byte(&mut self) -> Result<u8, String> {
@@ -203,7 +208,7 @@ impl Reader<'_> {
         Ok(b)
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
+    pub(super) fn varint(&mut self) -> Result<u64, String> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;

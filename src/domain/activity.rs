@@ -121,7 +121,9 @@ pub struct Activity {
     pub fields: BTreeMap<String, f64>,
     /// The steps of the course it was started on, as they were then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<Plan>,
+    /// Boxed: most activities have none, and every live one is held in
+    /// memory (#13).
+    pub plan: Option<Box<Plan>>,
     /// The tracker app device that started it (an automatic activity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<Uuid>,

@@ -25,7 +25,8 @@ pub struct TrackSummary {
     pub splits: Vec<Split>,
     /// The fold over the plan's steps, for an activity on a course.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub course: Option<CourseProgress>,
+    /// Boxed, as most activities have none (#13).
+    pub course: Option<Box<CourseProgress>>,
     /// The time of the newest fix (any fix, kept or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fix_at: Option<i64>,

@@ -58,9 +58,8 @@ struct Anchor {
     lng: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrackAccumulator {
-    thresholds: Thresholds,
     last_ts: Option<Millis>,
     anchor: Option<Anchor>,
     jump_streak: u8,
@@ -72,26 +71,12 @@ pub struct TrackAccumulator {
 }
 
 impl TrackAccumulator {
-    pub fn new(activity_type: ActivityType) -> TrackAccumulator {
-        TrackAccumulator {
-            thresholds: Thresholds::for_type(activity_type),
-            last_ts: None,
-            anchor: None,
-            jump_streak: 0,
-            smoothed_alt: None,
-            climb_ref: 0.0,
-            split_distance_m: 0.0,
-            split_moving_ms: 0.0,
-            summary: TrackSummary::default(),
-        }
-    }
-
     /// Folds a whole time-ordered track.
     pub fn from_track<'a>(
         activity: &Activity,
         points: impl IntoIterator<Item = &'a Point>,
     ) -> Self {
-        let mut acc = TrackAccumulator::new(activity.activity_type);
+        let mut acc = TrackAccumulator::default();
         for p in points {
             acc.push(activity, p);
         }
@@ -119,8 +104,10 @@ impl TrackAccumulator {
         self.last_ts = Some(p.ts);
         self.summary.last_fix_at = Some(p.ts);
         self.summary.points += 1;
-        if p.accuracy
-            .is_some_and(|a| a > self.thresholds.max_accuracy_m)
+        // From the activity's type, not kept here: every live activity's
+        // accumulator is held in memory (#13).
+        let thresholds = Thresholds::for_type(activity.activity_type);
+        if p.accuracy.is_some_and(|a| a > thresholds.max_accuracy_m)
         {
             return;
         }
@@ -135,7 +122,7 @@ impl TrackAccumulator {
         };
         let d = haversine_m(anchor.lat, anchor.lng, p.lat, p.lng);
         let dt_s = (p.ts - anchor.ts) as f64 / 1000.0;
-        if d > self.thresholds.max_speed_m_s * dt_s {
+        if d > thresholds.max_speed_m_s * dt_s {
             self.jump_streak += 1;
             if self.jump_streak >= MAX_JUMP_STREAK {
                 self.jump_streak = 0;

@@ -83,7 +83,7 @@ async fn create_activity(
             }
             other => other?,
         };
-        activity.plan = Some(course.plan());
+        activity.plan = Some(Box::new(course.plan()));
     }
     let snapshot = ctx.tracker.create(activity).await?;
     Ok((

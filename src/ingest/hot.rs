@@ -62,7 +62,7 @@ pub const CHECKPOINTS_KEPT: usize = 4;
 impl Hot {
     pub fn fresh(activity: Activity, now: Millis) -> Hot {
         Hot {
-            acc: TrackAccumulator::new(activity.activity_type),
+            acc: TrackAccumulator::default(),
             activity,
             touched: now,
             synced: now,
@@ -122,7 +122,7 @@ impl Hot {
             None => {
                 metrics::counter!("trailcast_late_refold_total", "from" => "start").increment(1);
                 let track = read_track(points, id).await?;
-                (TrackAccumulator::new(self.activity.activity_type), track)
+                (TrackAccumulator::default(), track)
             }
         };
         for p in &tail {
@@ -134,7 +134,7 @@ impl Hot {
             // that the next late point re-reads no more than now and the
             // in-order path starts taking checkpoints.
             self.checkpoints
-                .push_back(TrackAccumulator::new(self.activity.activity_type));
+                .push_back(TrackAccumulator::default());
         }
         self.acc = acc;
         Ok(())

@@ -73,11 +73,13 @@ impl Backends {
             None => {
                 let recent = Arc::new(MemoryRecentStore::with_clock(clock));
                 sweepers.push(recent.clone());
+                let registry = Arc::new(MemoryRegistry::default());
+                sweepers.push(registry.clone());
                 Ok(Backends {
                     persistence,
                     recent,
                     leaderboard: Arc::new(MemoryLeaderboard::default()),
-                    registry: Arc::new(MemoryRegistry::default()),
+                    registry,
                     audience: Arc::new(MemoryAudience::default()),
                     sweepers,
                     embedded,

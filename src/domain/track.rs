@@ -107,8 +107,7 @@ impl TrackAccumulator {
         // From the activity's type, not kept here: every live activity's
         // accumulator is held in memory (#13).
         let thresholds = Thresholds::for_type(activity.activity_type);
-        if p.accuracy.is_some_and(|a| a > thresholds.max_accuracy_m)
-        {
+        if p.accuracy.is_some_and(|a| a > thresholds.max_accuracy_m) {
             return;
         }
         let Some(anchor) = self.anchor else {

@@ -133,8 +133,7 @@ impl Hot {
             // Too short a track for a checkpoint: keep the empty fold, so
             // that the next late point re-reads no more than now and the
             // in-order path starts taking checkpoints.
-            self.checkpoints
-                .push_back(TrackAccumulator::default());
+            self.checkpoints.push_back(TrackAccumulator::default());
         }
         self.acc = acc;
         Ok(())

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::recent::RECENT_TTL_MS;
 use super::{StoreError, StoreResult};
 use crate::domain::time::Millis;
+use crate::startup::Sweep;
 
 /// How long a mark lasts: as long as the activity's recent stream.
 pub const REGISTRY_TTL_MS: Millis = RECENT_TTL_MS;
@@ -41,26 +42,39 @@ pub trait LiveRegistry: Send + Sync + 'static {
     async fn live_of(&self, athletes: &[Uuid], since: Millis) -> StoreResult<Vec<(Uuid, Uuid)>>;
 }
 
-/// The single-node registry.
+/// The single-node registry: each athlete's marks in a small vector (an
+/// athlete rarely has more than one live activity, and a map per athlete
+/// cost ~140 bytes per live activity, #13). `sweep` drops marks older than
+/// `REGISTRY_TTL_MS`, so abandoned activities do not stay for good.
 #[derive(Default)]
 pub struct MemoryRegistry {
-    live: Mutex<HashMap<Uuid, HashMap<Uuid, Millis>>>,
+    live: Mutex<HashMap<Uuid, Vec<(Uuid, Millis)>>>,
+}
+
+impl Sweep for MemoryRegistry {
+    fn sweep(&self, now: Millis) {
+        let mut live = self.live.lock().expect("registry lock");
+        live.retain(|_, marks| {
+            marks.retain(|(_, marked)| *marked >= now - REGISTRY_TTL_MS);
+            !marks.is_empty()
+        });
+    }
 }
 
 #[async_trait]
 impl LiveRegistry for MemoryRegistry {
     async fn mark_live(&self, athlete: Uuid, activity: Uuid, at: Millis) -> StoreResult<()> {
         let mut live = self.live.lock().expect("registry lock");
-        let marks = live.entry(athlete).or_default();
-        marks.retain(|_, marked| *marked >= at - REGISTRY_TTL_MS);
-        marks.insert(activity, at);
+        let marks = live.entry(athlete).or_insert_with(|| Vec::with_capacity(1));
+        marks.retain(|(id, marked)| *id != activity && *marked >= at - REGISTRY_TTL_MS);
+        marks.push((activity, at));
         Ok(())
     }
 
     async fn mark_done(&self, athlete: Uuid, activity: Uuid) -> StoreResult<()> {
         let mut live = self.live.lock().expect("registry lock");
         if let Some(marks) = live.get_mut(&athlete) {
-            marks.remove(&activity);
+            marks.retain(|(id, _)| *id != activity);
             if marks.is_empty() {
                 live.remove(&athlete);
             }
@@ -76,7 +90,7 @@ impl LiveRegistry for MemoryRegistry {
             .flat_map(|(a, marks)| {
                 marks
                     .iter()
-                    .filter(move |(_, at)| **at >= since)
+                    .filter(move |(_, at)| *at >= since)
                     .map(move |(id, _)| (*a, *id))
             })
             .collect())

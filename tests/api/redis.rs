@@ -315,6 +315,26 @@ async fn live_registry_contract_in_process() {
 }
 
 #[tokio::test]
+async fn the_in_process_registry_sweeps_abandoned_activities() {
+    use trailcast::startup::Sweep;
+    let registry = MemoryRegistry::default();
+    let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let (abandoned, live) = (Uuid::now_v7(), Uuid::now_v7());
+    let now = now_ms();
+    registry.mark_live(ann, abandoned, now).await.unwrap();
+    registry.mark_live(bob, live, now + 60_000).await.unwrap();
+    // Asked with an old `since`, both are still there until swept.
+    let since = now - REGISTRY_TTL_MS;
+    assert_eq!(registry.live_of(&[ann, bob], since).await.unwrap().len(), 2);
+    registry.sweep(now + REGISTRY_TTL_MS + 1);
+    assert_eq!(
+        registry.live_of(&[ann, bob], since).await.unwrap(),
+        vec![(bob, live)],
+        "the mark older than REGISTRY_TTL_MS is gone, the newer one kept"
+    );
+}
+
+#[tokio::test]
 async fn live_registry_contract_on_redis() {
     let store = shared_redis(&prefix()).await;
     registry_contract(&RedisRegistry::new(store.connection(), &prefix())).await;

@@ -14,7 +14,7 @@ use super::{FEED_IDLE_MS, Lag, TICK};
 use crate::clock::Clock;
 use crate::domain::time::Millis;
 use crate::domain::{ActivityState, Stats};
-use crate::store::recent::{RECENT_CAP, RECENT_WINDOW_MS};
+use crate::store::recent::{RECENT_CAP, RECENT_WINDOW_MS, SHARED_WINDOW_MS};
 use crate::store::{RecentItem, RecentStore, StoreResult, StreamCursor};
 
 /// Entries read from the recent store per call.
@@ -53,6 +53,8 @@ pub struct Feed {
     /// The last read of the recent store failed: watchers are told the
     /// stream may be behind rather than getting errors.
     degraded: AtomicBool,
+    /// When the last successful read began (0: never).
+    pulled: AtomicI64,
 }
 
 impl Feed {
@@ -65,13 +67,18 @@ impl Feed {
             watchers: AtomicUsize::new(0),
             touched: AtomicI64::new(now),
             degraded: AtomicBool::new(false),
+            pulled: AtomicI64::new(0),
         }
     }
 
-    /// Reads what arrived since the last pull; returns how many entries.
-    pub(crate) async fn pull(&self, recent: &dyn RecentStore) -> StoreResult<usize> {
-        let result = self.pull_pages(recent).await;
+    /// Reads what arrived since the last pull (`now` is when this one
+    /// begins); returns how many entries.
+    pub(crate) async fn pull(&self, recent: &dyn RecentStore, now: Millis) -> StoreResult<usize> {
+        let result = self.pull_pages(recent, now).await;
         self.degraded.store(result.is_err(), Ordering::Release);
+        if result.is_ok() {
+            self.pulled.store(now, Ordering::Release);
+        }
         result
     }
 
@@ -79,7 +86,13 @@ impl Feed {
         self.degraded.load(Ordering::Acquire)
     }
 
-    async fn pull_pages(&self, recent: &dyn RecentStore) -> StoreResult<usize> {
+    async fn pull_pages(&self, recent: &dyn RecentStore, now: Millis) -> StoreResult<usize> {
+        // A shared store keeps `SHARED_WINDOW_MS` of a stream, so after a
+        // longer pause (reads failing, the task starved) entries that came
+        // after the last read may have been trimmed before this one: the
+        // watchers behind the gap must catch up afresh, not skip it.
+        let previous = self.pulled.load(Ordering::Acquire);
+        let mut stalled = previous > 0 && now - previous >= SHARED_WINDOW_MS;
         let mut total = 0;
         loop {
             let after = self.window.read().expect("feed lock").last;
@@ -87,18 +100,11 @@ impl Feed {
             let n = page.len();
             if n > 0 {
                 let mut w = self.window.write().expect("feed lock");
+                let first = page[0].cursor;
                 if w.last.is_none() && !self.is_start(&page[0].item) {
-                    let first = page[0].cursor;
-                    w.missing_upto = Some(match first.seq {
-                        0 => StreamCursor {
-                            ms: first.ms - 1,
-                            seq: u64::MAX,
-                        },
-                        seq => StreamCursor {
-                            seq: seq - 1,
-                            ..first
-                        },
-                    });
+                    w.missing_upto = Some(just_before(first));
+                } else if std::mem::take(&mut stalled) && w.last.is_some() {
+                    w.missing_upto = Some(just_before(first)).max(w.missing_upto);
                 }
                 for entry in page {
                     let late = match &entry.item {
@@ -313,7 +319,7 @@ impl LiveHub {
             return Ok((feed.clone(), guard));
         }
         let fresh = Arc::new(Feed::new(activity, started_at, now));
-        if let Err(e) = fresh.pull(self.recent.as_ref()).await {
+        if let Err(e) = fresh.pull(self.recent.as_ref(), now).await {
             // Serve what persistence has; the feed's task keeps retrying.
             tracing::warn!(error = %e, %activity, "live feed starts degraded");
         }
@@ -337,6 +343,17 @@ impl LiveHub {
     }
 }
 
+/// The newest cursor before `c`.
+fn just_before(c: StreamCursor) -> StreamCursor {
+    match c.seq {
+        0 => StreamCursor {
+            ms: c.ms - 1,
+            seq: u64::MAX,
+        },
+        seq => StreamCursor { seq: seq - 1, ..c },
+    }
+}
+
 async fn run_feed(hub: Arc<LiveHub>, feed: Arc<Feed>) {
     let mut stop = hub.stop.clone();
     let mut tick = tokio::time::interval(TICK);
@@ -346,7 +363,7 @@ async fn run_feed(hub: Arc<LiveHub>, feed: Arc<Feed>) {
             _ = tick.tick() => {}
             _ = crate::stopped(&mut stop) => break,
         }
-        if let Err(e) = feed.pull(hub.recent.as_ref()).await {
+        if let Err(e) = feed.pull(hub.recent.as_ref(), hub.clock.now_ms()).await {
             tracing::warn!(error = %e, activity = %feed.activity, "live feed could not read recent positions");
         }
         // Checked under the map's lock: a watcher or poller that just came
@@ -361,4 +378,73 @@ async fn run_feed(hub: Arc<LiveHub>, feed: Arc<Feed>) {
         }
     }
     metrics::gauge!("trailcast_live_feeds").set(hub.feeds.len() as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::Point;
+    use crate::store::recent_memory::MemoryRecentStore;
+
+    fn point(ts: Millis) -> RecentItem {
+        RecentItem::Point(Point {
+            ts,
+            lat: 48.0,
+            lng: 11.0,
+            alt: None,
+            speed: None,
+            accuracy: None,
+            hr: None,
+            cadence: None,
+            battery: None,
+        })
+    }
+
+    async fn advance_s(s: u64) {
+        tokio::time::advance(Duration::from_secs(s)).await;
+    }
+
+    /// A feed that cannot read for longer than a shared stream keeps its
+    /// entries must tell watchers behind the pause that they may have
+    /// missed some, even if its own window never held them.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_longer_than_the_shared_window_marks_a_gap() {
+        let clock = Clock::tokio();
+        let recent = MemoryRecentStore::with_clock(clock);
+        let id = Uuid::now_v7();
+        let t0 = clock.now_ms();
+        let start = RecentItem::State {
+            state: ActivityState::Started,
+            at: t0,
+        };
+        recent.append(id, &[start, point(t0)]).await.unwrap();
+        let feed = Feed::new(id, t0, t0);
+        feed.pull(&recent, clock.now_ms()).await.unwrap();
+        let watcher = feed.window.read().unwrap().last.unwrap();
+
+        // Read every 5 s: nothing is lost.
+        for _ in 0..3 {
+            advance_s(5).await;
+            recent.append(id, &[point(clock.now_ms())]).await.unwrap();
+            feed.pull(&recent, clock.now_ms()).await.unwrap();
+        }
+        assert!(!feed.lost_since(watcher), "regular reads leave no gap");
+
+        // No read for 40 s while the athlete posts every 5 s: the store
+        // trims what came early in the pause.
+        let before_pause = feed.window.read().unwrap().last.unwrap();
+        for _ in 0..8 {
+            advance_s(5).await;
+            recent.append(id, &[point(clock.now_ms())]).await.unwrap();
+        }
+        feed.pull(&recent, clock.now_ms()).await.unwrap();
+        assert!(
+            feed.lost_since(before_pause),
+            "a watcher at the last entry read before the pause must catch up afresh"
+        );
+        let newest = feed.window.read().unwrap().last.unwrap();
+        assert!(!feed.lost_since(newest), "one that is up to date need not");
+    }
 }

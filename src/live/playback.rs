@@ -414,7 +414,9 @@ mod tests {
             let id = self.snapshot.activity.id;
             self.recent.append(id, items).await.unwrap();
             let (feed, _) = self.hub.feed(id, 0, false).await.unwrap();
-            feed.pull(self.recent.as_ref()).await.unwrap();
+            feed.pull(self.recent.as_ref(), self.clock.now_ms())
+                .await
+                .unwrap();
         }
 
         fn now(&self) -> Millis {

@@ -154,7 +154,7 @@ function setState(state, at) {
   if (at) view.stateAt = ms(at);
   view.finished = state === 'COMPLETE' || state === 'DISCARDED';
   document.body.dataset.state = state;
-  renderBadge();
+  renderStats();
 }
 
 function setAbout(about) {
@@ -354,7 +354,10 @@ function end(text) {
 
 function setConnection(state) {
   view.connection = state;
-  renderBadge();
+  // The whole status line at once (it includes the badge): the delay must
+  // not say "s behind" next to a "connection lost" badge until the next
+  // animation frame, which a hidden or busy tab may not draw for a while.
+  renderStats();
 }
 
 // --- WebSocket ---------------------------------------------------------

@@ -132,6 +132,22 @@ pub(crate) const HAS_CADENCE: u8 = 16;
 pub(crate) const HAS_BATTERY: u8 = 32;
 
 impl Point {
+    /// A fix with a time and a position and nothing else (tests).
+    #[cfg(test)]
+    pub(crate) fn bare(ts: Millis, lat: f64, lng: f64) -> Point {
+        Point {
+            ts,
+            lat,
+            lng,
+            alt: None,
+            speed: None,
+            accuracy: None,
+            hr: None,
+            cadence: None,
+            battery: None,
+        }
+    }
+
     /// The flags byte of the compact encodings: a `HAS_*` bit per optional
     /// field that is present.
     pub(crate) fn present(&self) -> u8 {

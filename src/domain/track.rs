@@ -241,17 +241,7 @@ mod tests {
     }
 
     fn point(ts_s: i64, lat: f64, lng: f64) -> Point {
-        Point {
-            ts: ts_s * 1000,
-            lat,
-            lng,
-            alt: None,
-            speed: None,
-            accuracy: None,
-            hr: None,
-            cadence: None,
-            battery: None,
-        }
+        Point::bare(ts_s * 1000, lat, lng)
     }
 
     /// Due north at `speed` m/s, one fix every `every_s` seconds.

@@ -389,17 +389,7 @@ mod tests {
     use crate::store::recent_memory::MemoryRecentStore;
 
     fn point(ts: Millis) -> RecentItem {
-        RecentItem::Point(Point {
-            ts,
-            lat: 48.0,
-            lng: 11.0,
-            alt: None,
-            speed: None,
-            accuracy: None,
-            hr: None,
-            cadence: None,
-            battery: None,
-        })
+        RecentItem::Point(Point::bare(ts, 48.0, 11.0))
     }
 
     async fn advance_s(s: u64) {

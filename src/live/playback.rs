@@ -347,17 +347,7 @@ mod tests {
     const LAG_MS: Millis = 5_000;
 
     fn point(ts: Millis) -> Point {
-        Point {
-            ts,
-            lat: 48.0,
-            lng: 11.0,
-            alt: None,
-            speed: None,
-            accuracy: None,
-            hr: None,
-            cadence: None,
-            battery: None,
-        }
+        Point::bare(ts, 48.0, 11.0)
     }
 
     /// A live activity started at `t0` whose stream holds its start, on a

@@ -241,17 +241,7 @@ mod tests {
     use crate::domain::ActivityState;
 
     fn point(lat: f64, lng: f64) -> Point {
-        Point {
-            ts: 1_796_649_333_355,
-            lat,
-            lng,
-            alt: None,
-            speed: None,
-            accuracy: None,
-            hr: None,
-            cadence: None,
-            battery: None,
-        }
+        Point::bare(1_796_649_333_355, lat, lng)
     }
 
     fn stats() -> Stats {

@@ -29,7 +29,6 @@
 //! Absent optional point values are bound as *unset*, never null: a null in
 //! an INSERT writes a tombstone.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,9 +48,14 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlTimestamp, MaybeUnset};
+use scylla::value::CqlTimestamp;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
+
+mod tracks;
+
+pub use tracks::{ADOPT_AFTER_MS, BUCKET_MS};
+use tracks::{IngestLog, TrackStatements};
 
 use super::{
     ActivityStore, BoxError, CourseStore, Device, DeviceStore, FieldStore, FieldValue, HistoryKey,
@@ -89,9 +93,6 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 pub const DEFAULT_KEYSPACE: &str = "trailcast";
 pub use crate::config::DEFAULT_REPLICATION;
 
-/// Rows of one partition per unlogged batch: a few KiB, far below Scylla's
-/// batch-size warning (128 KiB).
-const POINTS_PER_BATCH: usize = 100;
 /// Batches in flight for one group commit (the node-wide bound is the
 /// in-flight semaphore).
 const BATCHES_IN_FLIGHT: usize = 64;
@@ -346,6 +347,16 @@ fn corrupt(e: impl Into<BoxError>) -> StoreError {
     StoreError::corrupt("scylla", e)
 }
 
+/// Prepares `cql`, marked idempotent (every statement here is).
+async fn prepare(session: &Session, cql: String) -> anyhow::Result<PreparedStatement> {
+    let mut statement = session
+        .prepare(cql.as_str())
+        .await
+        .with_context(|| format!("preparing `{cql}` (has `trailcast migrate` run?)"))?;
+    statement.set_is_idempotent(true);
+    Ok(statement)
+}
+
 /// The prepared statements, one per access path.
 struct Statements {
     insert_user: PreparedStatement,
@@ -392,22 +403,11 @@ struct Statements {
     select_shares_of: PreparedStatement,
     delete_share_by_activity: PreparedStatement,
     delete_share_token: PreparedStatement,
-    insert_point: PreparedStatement,
-    select_point: PreparedStatement,
-    select_points: PreparedStatement,
-    select_points_after: PreparedStatement,
 }
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> anyhow::Result<Statements> {
-        let prepare = |cql: String| async move {
-            let mut statement = session
-                .prepare(cql.as_str())
-                .await
-                .with_context(|| format!("preparing `{cql}` (has `trailcast migrate` run?)"))?;
-            statement.set_is_idempotent(true);
-            anyhow::Ok(statement)
-        };
+        let prepare = |cql: String| prepare(session, cql);
         Ok(Statements {
             insert_user: prepare(format!(
                 "INSERT INTO {ks}.users (id, name, created_at, region) VALUES (?, ?, ?, ?)"
@@ -594,30 +594,6 @@ impl Statements {
                 "DELETE FROM {ks}.share_tokens WHERE token_hash = ?"
             ))
             .await?,
-            insert_point: prepare(format!(
-                "INSERT INTO {ks}.points \
-                 (activity_id, ts, lat, lng, alt, speed, accuracy, hr, cadence, battery) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            select_point: prepare(format!(
-                "SELECT ts FROM {ks}.points WHERE activity_id = ? AND ts = ?"
-            ))
-            .await?,
-            select_points: prepare(format!(
-                "SELECT ts, lat, lng, alt, speed, accuracy, hr, cadence, battery FROM {ks}.points \
-                 WHERE activity_id = ?"
-            ))
-            .await?,
-            // The in-memory CQL test server cannot parse a clustering
-            // range: it prepares this with one bind marker, so the call
-            // fails loudly there. The storage contract lists it as
-            // uncovered on that server.
-            select_points_after: prepare(format!(
-                "SELECT ts, lat, lng, alt, speed, accuracy, hr, cadence, battery FROM {ks}.points \
-                 WHERE activity_id = ? AND ts > ?"
-            ))
-            .await?,
         })
     }
 }
@@ -626,6 +602,8 @@ impl Statements {
 pub struct ScyllaStore {
     session: Arc<Session>,
     q: Arc<Statements>,
+    tracks: Arc<TrackStatements>,
+    log: Arc<IngestLog>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -641,19 +619,6 @@ type PointRow = (
     Option<i32>,
 );
 
-type PointValues = (
-    Uuid,
-    CqlTimestamp,
-    f64,
-    f64,
-    MaybeUnset<f64>,
-    MaybeUnset<f64>,
-    MaybeUnset<f64>,
-    MaybeUnset<i32>,
-    MaybeUnset<i32>,
-    MaybeUnset<i32>,
-);
-
 type UserRow = (Uuid, String, CqlTimestamp, Option<String>);
 
 impl ScyllaStore {
@@ -665,11 +630,16 @@ impl ScyllaStore {
     ) -> anyhow::Result<ScyllaStore> {
         check_keyspace(keyspace)?;
         let q = Statements::prepare(&session, keyspace).await?;
-        Ok(ScyllaStore {
+        let tracks = TrackStatements::prepare(&session, keyspace).await?;
+        let store = ScyllaStore {
             session: Arc::new(session),
             q: Arc::new(q),
+            tracks: Arc::new(tracks),
+            log: Arc::new(IngestLog::new()),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
-        })
+        };
+        store.start_packer();
+        Ok(store)
     }
 
     async fn execute(
@@ -1065,10 +1035,6 @@ impl ActivityStore for ScyllaStore {
     }
 }
 
-fn unset<T>(value: Option<T>) -> MaybeUnset<T> {
-    value.map_or(MaybeUnset::Unset, MaybeUnset::Set)
-}
-
 #[async_trait]
 impl PointStore for ScyllaStore {
     async fn append_points(&self, points: Arc<Vec<(Uuid, Point)>>) -> StoreResult<()> {
@@ -1079,91 +1045,42 @@ impl PointStore for ScyllaStore {
             .unwrap_or(Ok(()))
     }
 
-    /// Each request's points go in unlogged batches of one partition
-    /// (`POINTS_PER_BATCH` rows each); the batches of every request run
-    /// together, `BATCHES_IN_FLIGHT` at a time, and each request is answered
-    /// by its own batches: a timed-out partition fails only the requests
-    /// that wrote to it.
+    /// The group commit goes to this node's ingest log: one unlogged batch
+    /// per log partition (`tracks`), `BATCHES_IN_FLIGHT` at a time; each
+    /// request is answered by its own batches, so a timed-out partition
+    /// fails only the requests that wrote to it.
     async fn append_groups(&self, groups: Vec<Vec<(Uuid, Point)>>) -> Vec<StoreResult<()>> {
-        let mut batches: Vec<(usize, Vec<PointValues>)> = Vec::new();
-        for (request, points) in groups.iter().enumerate() {
-            // Group by partition, keeping arrival order within each.
-            let mut by_activity: HashMap<Uuid, Vec<PointValues>> = HashMap::new();
-            for (activity, p) in points {
-                by_activity
-                    .entry(*activity)
-                    .or_default()
-                    .push(point_values(*activity, p));
-            }
-            for rows in by_activity.into_values() {
-                let mut rows = rows.into_iter().peekable();
-                while rows.peek().is_some() {
-                    let batch = rows.by_ref().take(POINTS_PER_BATCH).collect();
-                    batches.push((request, batch));
-                }
-            }
-        }
-        let mut results: Vec<StoreResult<()>> = groups.iter().map(|_| Ok(())).collect();
-        let this = self.clone();
-        let mut written = stream::iter(batches)
-            .map(move |(request, values)| {
-                let this = this.clone();
-                async move {
-                    let statements = vec![&this.q.insert_point; values.len()];
-                    let result = this.batch(BatchType::Unlogged, &statements, values).await;
-                    (request, result)
-                }
-            })
-            .buffer_unordered(BATCHES_IN_FLIGHT);
-        while let Some((request, result)) = written.next().await {
-            if let (Err(e), slot @ Ok(())) = (result, &mut results[request]) {
-                *slot = Err(e);
-            }
-        }
-        results
+        self.log_groups(groups).await
     }
 
     async fn points_exist(&self, activity: Uuid, ts: Vec<Millis>) -> StoreResult<Vec<bool>> {
-        // Point reads of full primary keys: each is one row of one partition.
-        stream::iter(ts)
-            .map(|t| async move {
-                let row: Option<(CqlTimestamp,)> = self
-                    .one_row(&self.q.select_point, (activity, CqlTimestamp(t)))
-                    .await?;
-                // Compared for the test server's sake, as in
-                // `has_friend_request`.
-                Ok(row.is_some_and(|(found,)| found.0 == t))
-            })
-            .buffered(LOOKUPS_IN_FLIGHT)
-            .try_collect()
-            .await
+        self.track_has(activity, &ts).await
     }
 
+    /// The cursor is the last time read (8 bytes, big-endian).
     async fn route_page(
         &self,
         activity: Uuid,
         from: Option<RouteCursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Point>, Option<RouteCursor>)> {
-        let state = match from {
-            Some(RouteCursor(bytes)) => PagingState::new_from_raw_bytes(bytes),
-            None => PagingState::start(),
+        let after = match from {
+            None => None,
+            Some(RouteCursor(bytes)) => {
+                Some(Millis::from_be_bytes(bytes.as_slice().try_into().map_err(
+                    |_| corrupt("a route cursor that is not 8 bytes"),
+                )?))
+            }
         };
-        let (result, next) = self
-            .page(&self.q.select_points, (activity,), limit, state)
-            .await?;
-        let rows = result.into_rows_result().map_err(backend)?;
-        let mut out = Vec::with_capacity(rows.rows_num());
-        for row in rows.rows::<PointRow>().map_err(corrupt)? {
-            out.push(point_from(row.map_err(corrupt)?));
-        }
-        let next = match next {
-            PagingStateResponse::HasMorePages { state } => state
-                .as_bytes_slice()
-                .map(|bytes| RouteCursor(bytes.to_vec())),
-            PagingStateResponse::NoMorePages => None,
+        let points = self.track_after(activity, after, limit).await?;
+        // A full page may have more after it; a short one is the end.
+        let next = match points.last() {
+            Some(last) if points.len() == limit => {
+                Some(RouteCursor(last.ts.to_be_bytes().to_vec()))
+            }
+            _ => None,
         };
-        Ok((out, next))
+        Ok((points, next))
     }
 
     async fn points_after(
@@ -1172,14 +1089,7 @@ impl PointStore for ScyllaStore {
         after: Millis,
         limit: usize,
     ) -> StoreResult<Vec<Point>> {
-        let rows: Vec<PointRow> = self
-            .first_rows(
-                &self.q.select_points_after,
-                (activity, CqlTimestamp(after)),
-                limit,
-            )
-            .await?;
-        Ok(rows.into_iter().map(point_from).collect())
+        self.track_after(activity, Some(after), limit).await
     }
 }
 
@@ -1218,21 +1128,6 @@ fn table_of(cql: &str) -> String {
         }
     }
     "other".to_owned()
-}
-
-fn point_values(activity: Uuid, p: &Point) -> PointValues {
-    (
-        activity,
-        CqlTimestamp(p.ts),
-        p.lat,
-        p.lng,
-        unset(p.alt),
-        unset(p.speed),
-        unset(p.accuracy),
-        unset(p.hr.map(i32::from)),
-        unset(p.cadence.map(i32::from)),
-        unset(p.battery.map(i32::from)),
-    )
 }
 
 fn point_from(row: PointRow) -> Point {

@@ -1,0 +1,925 @@
+//! Packed tracks on ScyllaDB (#19 item 4): a per-node ingest log that each
+//! group commit writes, and a packer that turns it into per-activity chunks.
+//!
+//! Why: one row per GPS point made every live post one write request (3 M a
+//! second at 10 M live activities) and a day-long activity 86,400 rows in
+//! one partition. Now:
+//!
+//! - **Ingest log.** A group commit's points go to this node's log, in
+//!   `ingest_log ((incarnation, bucket, shard), activity_id, ts)`: the
+//!   incarnation is this process (a random id), the bucket 10 s of the
+//!   node's clock, the shard a hash of the activity (8). One unlogged batch
+//!   per shard partition per group commit, so a commit of many posts is at
+//!   most 8 requests, and the reply still waits for it: an acknowledged
+//!   point is in Scylla, at the configured consistency, before its reply.
+//! - **Chunks.** The packer (a task of the node that wrote the log) keeps
+//!   the points it wrote in memory. Once the oldest unpacked bucket began a
+//!   minute ago it writes every closed bucket's points as one
+//!   `track_chunks` row per activity and hour
+//!   (`((activity_id, hour), bucket, incarnation, packer)`, the points
+//!   encoded as in the Redis streams, ~25 B each), lists the hour in
+//!   `track_hours`, records the buckets as packed in `ingest_incarnations`,
+//!   and deletes their log partitions. At one point every 2–5 s that is one
+//!   row per activity per minute instead of 12–30, and an hour of track is
+//!   one partition of at most ~3,600 points (~100 KB), however long the
+//!   activity.
+//! - **Reads** see the log and the chunks: `track_logs` names the
+//!   incarnations that hold (or held) an activity's points in their log,
+//!   and each incarnation's row the buckets not yet packed (about 7). The log is read
+//!   before the chunks: a point missing from the log read was deleted after
+//!   its chunk was written, so the chunk read finds it. Every read is one
+//!   partition by equality (no clustering range), so the storage contract
+//!   runs whole on the in-memory CQL test server too.
+//! - **A node that dies** leaves its unpacked buckets in the log; readers
+//!   keep reading them there. Any node that sees an incarnation silent for
+//!   `ADOPT_AFTER_MS` packs its log from Scylla (chunks keyed by the packer
+//!   too, so two adopters at once never overwrite each other's rows; reads
+//!   merge by timestamp) and then deletes its row.
+//!
+//! Keyspaces made before this layout keep their `points` table: when it
+//! exists its rows are read as well (lowest priority), so activities
+//! written before the upgrade keep their tracks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use scylla::statement::batch::BatchType;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
+use tokio::task::AbortHandle;
+use uuid::Uuid;
+
+use super::{PointRow, ScyllaStore, corrupt, point_from};
+use crate::clock::Clock;
+use crate::domain::Point;
+use crate::domain::time::Millis;
+use crate::store::recent::RecentItem;
+use crate::store::recent_codec::{self, Reader, put_varint};
+use crate::store::{StoreError, StoreResult};
+
+/// Node time per log bucket: one log partition per shard. At 28,000 posts
+/// a second on a node (10 M live activities on ~110 nodes) a partition
+/// holds ~35,000 rows, far below Scylla's 100,000-row warning.
+pub const BUCKET_MS: Millis = 10_000;
+/// Log partitions per bucket: at most this many batches per group commit.
+pub const LOG_SHARDS: i32 = 8;
+/// How much log one chunk row gathers: the packer waits until the oldest
+/// unpacked bucket began this long ago, then packs every closed bucket.
+/// So an activity gets a chunk row a minute, and a reader finds at most
+/// ~7 buckets of log to read.
+pub const PACK_EVERY_MS: Millis = 60_000;
+/// Point time per chunk partition.
+pub const HOUR_MS: Millis = 3_600_000;
+/// How long after a bucket closes the packer waits (clock steps, late
+/// commits of this node still in flight are counted separately).
+const PACK_GRACE_MS: Millis = 2_000;
+/// An incarnation whose heartbeat is older than this is packed by others.
+pub const ADOPT_AFTER_MS: Millis = 120_000;
+/// How often a live incarnation writes its heartbeat.
+const HEARTBEAT_MS: Millis = 20_000;
+/// Rows per unlogged log batch (~40 B each: far below the batch warning).
+const LOG_ROWS_PER_BATCH: usize = 500;
+/// Chunk writes (or log partition reads) in flight for one pack.
+const PACK_IN_FLIGHT: usize = 32;
+/// Rows read per log partition when adopting (a partition holds ~75,000 at
+/// 40,000 posts a second per node).
+const MAX_LOG_ROWS: usize = 1_000_000;
+/// An activity's `track_logs` rows live 30 days (the table's TTL); this
+/// node writes its row again after a day.
+const REANNOUNCE_MS: Millis = 86_400_000;
+
+/// The statements of the packed layout.
+pub(super) struct TrackStatements {
+    insert_log: PreparedStatement,
+    select_log_of: PreparedStatement,
+    select_log_partition: PreparedStatement,
+    delete_log_partition: PreparedStatement,
+    open_incarnation: PreparedStatement,
+    mark_packed: PreparedStatement,
+    heartbeat: PreparedStatement,
+    select_incarnation: PreparedStatement,
+    scan_incarnations: PreparedStatement,
+    delete_incarnation: PreparedStatement,
+    insert_track_log: PreparedStatement,
+    select_track_logs: PreparedStatement,
+    insert_chunk: PreparedStatement,
+    select_chunks: PreparedStatement,
+    insert_hour: PreparedStatement,
+    select_hours: PreparedStatement,
+    /// The one-row-per-point table of keyspaces made before packed tracks.
+    legacy: Option<Legacy>,
+}
+
+struct Legacy {
+    select_point: PreparedStatement,
+    select_points: PreparedStatement,
+    select_points_after: PreparedStatement,
+}
+
+impl TrackStatements {
+    pub(super) async fn prepare(
+        session: &scylla::client::session::Session,
+        ks: &str,
+    ) -> anyhow::Result<TrackStatements> {
+        let prepare = |cql: String| super::prepare(session, cql);
+        // The old `points` table exists only in keyspaces made before packed
+        // tracks; preparing against a missing table fails, and that is the
+        // test. (On the in-memory test server `ts > ?` is not understood,
+        // but a fresh keyspace there has no `points` table either.)
+        let legacy = match prepare(format!(
+            "SELECT ts FROM {ks}.points WHERE activity_id = ? AND ts = ?"
+        ))
+        .await
+        {
+            Err(_) => None,
+            Ok(select_point) => Some(Legacy {
+                select_point,
+                select_points: prepare(format!(
+                    "SELECT ts, lat, lng, alt, speed, accuracy, hr, cadence, battery \
+                     FROM {ks}.points WHERE activity_id = ?"
+                ))
+                .await?,
+                select_points_after: prepare(format!(
+                    "SELECT ts, lat, lng, alt, speed, accuracy, hr, cadence, battery \
+                     FROM {ks}.points WHERE activity_id = ? AND ts > ?"
+                ))
+                .await?,
+            }),
+        };
+        Ok(TrackStatements {
+            insert_log: prepare(format!(
+                "INSERT INTO {ks}.ingest_log (incarnation, bucket, shard, activity_id, ts, point) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            select_log_of: prepare(format!(
+                "SELECT ts, point FROM {ks}.ingest_log \
+                 WHERE incarnation = ? AND bucket = ? AND shard = ? AND activity_id = ?"
+            ))
+            .await?,
+            select_log_partition: prepare(format!(
+                "SELECT activity_id, point FROM {ks}.ingest_log \
+                 WHERE incarnation = ? AND bucket = ? AND shard = ?"
+            ))
+            .await?,
+            delete_log_partition: prepare(format!(
+                "DELETE FROM {ks}.ingest_log WHERE incarnation = ? AND bucket = ? AND shard = ?"
+            ))
+            .await?,
+            open_incarnation: prepare(format!(
+                "INSERT INTO {ks}.ingest_incarnations (incarnation, open_bucket, alive_at) \
+                 VALUES (?, ?, ?)"
+            ))
+            .await?,
+            mark_packed: prepare(format!(
+                "INSERT INTO {ks}.ingest_incarnations (incarnation, packed_before) VALUES (?, ?)"
+            ))
+            .await?,
+            heartbeat: prepare(format!(
+                "INSERT INTO {ks}.ingest_incarnations (incarnation, alive_at) VALUES (?, ?)"
+            ))
+            .await?,
+            select_incarnation: prepare(format!(
+                "SELECT open_bucket, packed_before FROM {ks}.ingest_incarnations \
+                 WHERE incarnation = ?"
+            ))
+            .await?,
+            scan_incarnations: prepare(format!(
+                "SELECT incarnation, open_bucket, packed_before, alive_at \
+                 FROM {ks}.ingest_incarnations"
+            ))
+            .await?,
+            delete_incarnation: prepare(format!(
+                "DELETE FROM {ks}.ingest_incarnations WHERE incarnation = ?"
+            ))
+            .await?,
+            insert_track_log: prepare(format!(
+                "INSERT INTO {ks}.track_logs (activity_id, incarnation, first_bucket) \
+                 VALUES (?, ?, ?)"
+            ))
+            .await?,
+            select_track_logs: prepare(format!(
+                "SELECT incarnation, first_bucket FROM {ks}.track_logs WHERE activity_id = ?"
+            ))
+            .await?,
+            insert_chunk: prepare(format!(
+                "INSERT INTO {ks}.track_chunks \
+                 (activity_id, hour, bucket, incarnation, packer, points) \
+                 VALUES (?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            select_chunks: prepare(format!(
+                "SELECT points FROM {ks}.track_chunks WHERE activity_id = ? AND hour = ?"
+            ))
+            .await?,
+            insert_hour: prepare(format!(
+                "INSERT INTO {ks}.track_hours (activity_id, hour) VALUES (?, ?)"
+            ))
+            .await?,
+            select_hours: prepare(format!(
+                "SELECT hour FROM {ks}.track_hours WHERE activity_id = ?"
+            ))
+            .await?,
+            legacy,
+        })
+    }
+}
+
+/// This process's side of the log: what it wrote and has not packed yet.
+pub(super) struct IngestLog {
+    incarnation: Uuid,
+    /// The newest bucket recorded as open in `ingest_incarnations` (a
+    /// commit writes into a bucket only once it is recorded there, since
+    /// readers look no further).
+    open: tokio::sync::Mutex<Millis>,
+    state: Mutex<LogState>,
+    packer: Mutex<Option<AbortHandle>>,
+}
+
+#[derive(Default)]
+struct LogState {
+    /// Buckets before this are packed or being packed: no commit joins them.
+    sealed_before: Millis,
+    pending: BTreeMap<Millis, Pending>,
+    /// Activities with a `track_logs` row for this incarnation: when it was
+    /// written, and the newest bucket written for them.
+    announced: HashMap<Uuid, (Millis, Millis)>,
+    /// (activity, hour) already in `track_hours`.
+    hours: HashMap<Uuid, Vec<Millis>>,
+    /// When the heartbeat was last written.
+    alive_at: Millis,
+}
+
+#[derive(Default)]
+struct Pending {
+    in_flight: usize,
+    points: HashMap<Uuid, Vec<Point>>,
+}
+
+impl IngestLog {
+    pub(super) fn new() -> IngestLog {
+        IngestLog {
+            incarnation: Uuid::new_v4(),
+            open: tokio::sync::Mutex::new(Millis::MIN),
+            state: Mutex::new(LogState::default()),
+            packer: Mutex::new(None),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts a commit out of its bucket however it ends.
+struct InFlight<'a> {
+    log: &'a IngestLog,
+    bucket: Millis,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.log.state().pending.get_mut(&self.bucket) {
+            p.in_flight -= 1;
+        }
+    }
+}
+
+fn now() -> Millis {
+    Clock::System.now_ms()
+}
+
+fn ts(ms: Millis) -> CqlTimestamp {
+    CqlTimestamp(ms)
+}
+
+fn floor(t: Millis, unit: Millis) -> Millis {
+    t - t.rem_euclid(unit)
+}
+
+/// The log shard of an activity: stable across processes and versions.
+fn shard_of(activity: Uuid) -> i32 {
+    let b = activity.as_bytes();
+    // The last bytes of a v4 id are random.
+    (u16::from_le_bytes([b[14], b[15]]) as i32) % LOG_SHARDS
+}
+
+fn encode_point(p: &Point) -> Vec<u8> {
+    recent_codec::encode(&RecentItem::Point(*p))
+}
+
+fn decode_point(bytes: &[u8]) -> StoreResult<Point> {
+    match recent_codec::decode(bytes).map_err(corrupt)? {
+        RecentItem::Point(p) => Ok(p),
+        _ => Err(corrupt("a log or chunk entry that is not a point")),
+    }
+}
+
+/// A chunk: each point as its length and its compact encoding.
+pub fn encode_chunk(points: &[Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(points.len() * 28);
+    for p in points {
+        let bytes = encode_point(p);
+        put_varint(&mut out, bytes.len() as u64);
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+pub fn decode_chunk(mut bytes: &[u8]) -> StoreResult<Vec<Point>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let mut r = Reader(bytes);
+        let len = r.varint().map_err(corrupt)? as usize;
+        let rest = r.0;
+        let item = rest
+            .get(..len)
+            .ok_or_else(|| corrupt("a chunk that ends early"))?;
+        out.push(decode_point(item)?);
+        bytes = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Points by activity, then by hour of their time.
+/// The buckets `first..=last`.
+fn buckets(first: Millis, last: Millis) -> impl Iterator<Item = Millis> + Clone {
+    (0..)
+        .map(move |i| first + i * BUCKET_MS)
+        .take_while(move |b| *b <= last)
+}
+
+fn by_hour(points: &HashMap<Uuid, Vec<Point>>) -> Vec<(Uuid, Millis, Vec<Point>)> {
+    let mut out = Vec::new();
+    for (activity, points) in points {
+        let mut hours: BTreeMap<Millis, Vec<Point>> = BTreeMap::new();
+        for p in points {
+            hours.entry(floor(p.ts, HOUR_MS)).or_default().push(*p);
+        }
+        out.extend(hours.into_iter().map(|(h, ps)| (*activity, h, ps)));
+    }
+    out
+}
+
+impl ScyllaStore {
+    fn t(&self) -> &TrackStatements {
+        &self.tracks
+    }
+
+    /// Starts the packer: every second it packs closed buckets; every
+    /// `HEARTBEAT_MS` it writes this incarnation's heartbeat and packs the
+    /// logs of incarnations gone silent.
+    pub(super) fn start_packer(&self) {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_adopt: Option<Millis> = None;
+            loop {
+                tick.tick().await;
+                let now = now();
+                if let Err(e) = this.pack_closed(now).await {
+                    tracing::warn!(error = %e, "packing the ingest log (will retry)");
+                }
+                if last_adopt.is_none_or(|last| now - last >= HEARTBEAT_MS) {
+                    last_adopt = Some(now);
+                    if let Err(e) = this.adopt_silent(now).await {
+                        tracing::warn!(error = %e, "packing silent incarnations' logs");
+                    }
+                }
+            }
+        });
+        *self.log.packer.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+    }
+
+    /// Stops this store's packer (what a crash does; tests use it).
+    pub fn stop_packer(&self) {
+        if let Some(task) = self
+            .log
+            .packer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// This process's id in the ingest log.
+    pub fn incarnation(&self) -> Uuid {
+        self.log.incarnation
+    }
+
+    /// Writes the group commit to the log: see the module comment.
+    pub(super) async fn log_groups(&self, groups: Vec<Vec<(Uuid, Point)>>) -> Vec<StoreResult<()>> {
+        let log = &*self.log;
+        let now = now();
+        let (bucket, new) = {
+            let mut s = log.state();
+            let bucket = floor(now, BUCKET_MS).max(s.sealed_before);
+            s.pending.entry(bucket).or_default().in_flight += 1;
+            let mut new: Vec<Uuid> = groups
+                .iter()
+                .flatten()
+                .map(|(a, _)| *a)
+                .filter(|a| {
+                    s.announced
+                        .get(a)
+                        .is_none_or(|(written, _)| now - written >= REANNOUNCE_MS)
+                })
+                .collect();
+            new.sort_unstable();
+            new.dedup();
+            (bucket, new)
+        };
+        let _in_flight = InFlight { log, bucket };
+        let fail_all = |e: StoreError| groups.iter().map(|_| Err(e.clone())).collect();
+        if let Err(e) = self.open_bucket(bucket, now).await {
+            return fail_all(e);
+        }
+        let inc = log.incarnation;
+        let announced: StoreResult<Vec<()>> = stream::iter(new.clone())
+            .map(|a| async move {
+                let values = (a, inc, ts(bucket));
+                self.execute(&self.t().insert_track_log, values)
+                    .await
+                    .map(|_| ())
+            })
+            .buffer_unordered(PACK_IN_FLIGHT)
+            .try_collect()
+            .await;
+        if let Err(e) = announced {
+            return fail_all(e);
+        }
+        {
+            let mut s = log.state();
+            for a in &new {
+                s.announced.insert(*a, (now, bucket));
+            }
+        }
+
+        // One batch per shard partition (split past LOG_ROWS_PER_BATCH),
+        // each remembering the requests it carries.
+        type Row = (Uuid, CqlTimestamp, i32, Uuid, CqlTimestamp, Vec<u8>);
+        let mut shards: BTreeMap<i32, Vec<(usize, Row)>> = BTreeMap::new();
+        for (request, points) in groups.iter().enumerate() {
+            for (activity, p) in points {
+                let shard = shard_of(*activity);
+                shards.entry(shard).or_default().push((
+                    request,
+                    (
+                        log.incarnation,
+                        ts(bucket),
+                        shard,
+                        *activity,
+                        ts(p.ts),
+                        encode_point(p),
+                    ),
+                ));
+            }
+        }
+        let mut batches: Vec<(Vec<usize>, Vec<Row>)> = Vec::new();
+        for rows in shards.into_values() {
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let (requests, values): (Vec<usize>, Vec<Row>) =
+                    rows.by_ref().take(LOG_ROWS_PER_BATCH).unzip();
+                batches.push((requests, values));
+            }
+        }
+        let mut results: Vec<StoreResult<()>> = groups.iter().map(|_| Ok(())).collect();
+        let mut written = stream::iter(batches)
+            .map(|(requests, values)| async move {
+                let statements = vec![&self.t().insert_log; values.len()];
+                let result = self.batch(BatchType::Unlogged, &statements, values).await;
+                (requests, result)
+            })
+            .buffer_unordered(super::BATCHES_IN_FLIGHT);
+        while let Some((requests, result)) = written.next().await {
+            if let Err(e) = result {
+                for r in requests {
+                    if results[r].is_ok() {
+                        results[r] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        drop(written);
+
+        // What was acknowledged waits in memory for the packer.
+        let mut s = log.state();
+        let s = &mut *s;
+        let pending = s.pending.entry(bucket).or_default();
+        for (points, result) in groups.iter().zip(&results) {
+            if result.is_ok() {
+                for (activity, p) in points {
+                    pending.points.entry(*activity).or_default().push(*p);
+                    if let Some(entry) = s.announced.get_mut(activity) {
+                        entry.1 = entry.1.max(bucket);
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Records `bucket` as this incarnation's open bucket before anything
+    /// is written into it (the first time, also where packing starts).
+    async fn open_bucket(&self, bucket: Millis, now: Millis) -> StoreResult<()> {
+        let mut open = self.log.open.lock().await;
+        if *open >= bucket {
+            return Ok(());
+        }
+        let inc = self.log.incarnation;
+        if *open == Millis::MIN {
+            self.execute(&self.t().mark_packed, (inc, ts(bucket)))
+                .await?;
+        }
+        self.execute(&self.t().open_incarnation, (inc, ts(bucket), ts(now)))
+            .await?;
+        *open = bucket;
+        self.log.state().alive_at = now;
+        Ok(())
+    }
+
+    /// Packs this process's closed buckets as one group once the oldest
+    /// began `PACK_EVERY_MS` ago; returns how many buckets it packed. A
+    /// bucket is closed `PACK_GRACE_MS` after its end once no commit is
+    /// writing into it. Public for tests, which pack with a time far ahead.
+    pub async fn pack_closed(&self, now: Millis) -> StoreResult<usize> {
+        let log = &*self.log;
+        let inc = log.incarnation;
+        let group: Option<(Millis, Millis, HashMap<Uuid, Vec<Point>>)> = {
+            let mut s = log.state();
+            let due = s
+                .pending
+                .keys()
+                .next()
+                .is_some_and(|first| first + PACK_EVERY_MS + PACK_GRACE_MS <= now);
+            let mut taken: Option<(Millis, Millis, HashMap<Uuid, Vec<Point>>)> = None;
+            for (&b, p) in s.pending.iter_mut().take_while(|_| due) {
+                if b + BUCKET_MS + PACK_GRACE_MS > now || p.in_flight > 0 {
+                    break;
+                }
+                let (_, last, points) = taken.get_or_insert_with(|| (b, b, HashMap::new()));
+                *last = b;
+                for (a, ps) in std::mem::take(&mut p.points) {
+                    points.entry(a).or_default().extend(ps);
+                }
+            }
+            if let Some((_, last, _)) = &taken {
+                s.sealed_before = s.sealed_before.max(last + BUCKET_MS);
+            }
+            taken
+        };
+        let mut packed = 0;
+        if let Some((first, last, points)) = group {
+            if let Err(e) = self.pack_group(inc, inc, first, last, &points).await {
+                // Back into memory: the next tick tries again (the log
+                // still holds them for readers).
+                let mut s = log.state();
+                let pending = s.pending.entry(first).or_default();
+                for (a, ps) in points {
+                    let kept = pending.points.entry(a).or_default();
+                    let newer = std::mem::replace(kept, ps);
+                    kept.extend(newer);
+                }
+                return Err(e);
+            }
+            let mut s = log.state();
+            let packed_before = last + BUCKET_MS;
+            s.pending.retain(|b, _| *b >= packed_before);
+            s.alive_at = now;
+            s.announced
+                .retain(|_, (_, newest)| *newest >= packed_before);
+            let LogState {
+                announced, hours, ..
+            } = &mut *s;
+            hours.retain(|a, _| announced.contains_key(a));
+            packed = ((last - first) / BUCKET_MS + 1) as usize;
+        }
+        let heartbeat_due = now.saturating_sub(log.state().alive_at) >= HEARTBEAT_MS;
+        if heartbeat_due {
+            self.execute(&self.t().heartbeat, (inc, ts(now))).await?;
+            log.state().alive_at = now;
+        }
+        Ok(packed)
+    }
+
+    /// Writes buckets `first..=last` of `incarnation`'s log (their points,
+    /// in bucket order) as chunks, records them packed, and deletes their
+    /// log partitions.
+    async fn pack_group(
+        &self,
+        incarnation: Uuid,
+        packer: Uuid,
+        first: Millis,
+        last: Millis,
+        points: &HashMap<Uuid, Vec<Point>>,
+    ) -> StoreResult<()> {
+        let chunks = by_hour(points);
+        let own = incarnation == packer;
+        let new_hours: Vec<(Uuid, Millis)> = {
+            let s = self.log.state();
+            chunks
+                .iter()
+                .map(|(a, h, _)| (*a, *h))
+                .filter(|(a, h)| !own || !s.hours.get(a).is_some_and(|hs| hs.contains(h)))
+                .collect()
+        };
+        stream::iter(chunks)
+            .map(|(a, h, ps)| async move {
+                let values = (a, ts(h), ts(first), incarnation, packer, encode_chunk(&ps));
+                self.execute(&self.t().insert_chunk, values)
+                    .await
+                    .map(|_| ())
+            })
+            .buffer_unordered(PACK_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        stream::iter(new_hours.clone())
+            .map(|(a, h)| async move {
+                self.execute(&self.t().insert_hour, (a, ts(h)))
+                    .await
+                    .map(|_| ())
+            })
+            .buffer_unordered(PACK_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if own {
+            let mut s = self.log.state();
+            for (a, h) in new_hours {
+                s.hours.entry(a).or_default().push(h);
+            }
+        }
+        self.execute(&self.t().mark_packed, (incarnation, ts(last + BUCKET_MS)))
+            .await?;
+        stream::iter(buckets(first, last))
+            .flat_map(|b| stream::iter((0..LOG_SHARDS).map(move |shard| (b, shard))))
+            .map(|(b, shard)| async move {
+                let values = (incarnation, ts(b), shard);
+                self.execute(&self.t().delete_log_partition, values)
+                    .await
+                    .map(|_| ())
+            })
+            .buffer_unordered(PACK_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Packs the logs of incarnations whose heartbeat is older than
+    /// `ADOPT_AFTER_MS` (a node that died or was stopped), then forgets
+    /// them; returns how many. Public for tests.
+    pub async fn adopt_silent(&self, now: Millis) -> StoreResult<usize> {
+        type IncRow = (
+            Uuid,
+            Option<CqlTimestamp>,
+            Option<CqlTimestamp>,
+            Option<CqlTimestamp>,
+        );
+        let rows: Vec<IncRow> = self
+            .first_rows(&self.t().scan_incarnations, (), MAX_LOG_ROWS)
+            .await?;
+        let mut adopted = 0;
+        for (inc, open, packed, alive) in rows {
+            let silent = alive.is_none_or(|t| now.saturating_sub(t.0) >= ADOPT_AFTER_MS);
+            if inc == self.log.incarnation || !silent {
+                continue;
+            }
+            if let (Some(open), Some(packed)) = (open, packed)
+                && packed.0 <= open.0
+            {
+                let (first, last) = (packed.0, open.0);
+                let partitions: Vec<Vec<(Uuid, Vec<u8>)>> = stream::iter(buckets(first, last))
+                    .flat_map(|b| stream::iter((0..LOG_SHARDS).map(move |shard| (b, shard))))
+                    .map(|(b, shard)| {
+                        self.first_rows(
+                            &self.t().select_log_partition,
+                            (inc, ts(b), shard),
+                            MAX_LOG_ROWS,
+                        )
+                    })
+                    .buffered(PACK_IN_FLIGHT)
+                    .try_collect()
+                    .await?;
+                // In bucket order, so that a resent point's later value wins.
+                let mut points: HashMap<Uuid, Vec<Point>> = HashMap::new();
+                for (activity, bytes) in partitions.into_iter().flatten() {
+                    points
+                        .entry(activity)
+                        .or_default()
+                        .push(decode_point(&bytes)?);
+                }
+                self.pack_group(inc, self.log.incarnation, first, last, &points)
+                    .await?;
+            }
+            self.execute(&self.t().delete_incarnation, (inc,)).await?;
+            tracing::info!(%inc, "packed the ingest log of a silent incarnation");
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+
+    /// The activity's points still in ingest logs (any incarnation), by
+    /// time; a point in two buckets counts once, the later bucket winning.
+    async fn logged_points(&self, activity: Uuid) -> StoreResult<BTreeMap<Millis, Point>> {
+        let rows: Vec<(Uuid, CqlTimestamp)> = self
+            .first_rows(&self.t().select_track_logs, (activity,), MAX_LOG_ROWS)
+            .await?;
+        let mut first: BTreeMap<Uuid, Millis> = BTreeMap::new();
+        for (inc, b) in rows {
+            let e = first.entry(inc).or_insert(b.0);
+            *e = (*e).min(b.0);
+        }
+        let shard = shard_of(activity);
+        let mut slices: Vec<(Uuid, Millis)> = Vec::new();
+        for (inc, first_bucket) in first {
+            let row: Option<(Option<CqlTimestamp>, Option<CqlTimestamp>)> =
+                self.one_row(&self.t().select_incarnation, (inc,)).await?;
+            // No row: packed and forgotten.
+            let Some((Some(open), packed)) = row else {
+                continue;
+            };
+            let from = packed.map_or(first_bucket, |p| p.0.max(first_bucket));
+            let mut b = from;
+            while b <= open.0 {
+                slices.push((inc, b));
+                b += BUCKET_MS;
+            }
+        }
+        let read: Vec<Vec<(CqlTimestamp, Vec<u8>)>> = stream::iter(slices)
+            .map(|(inc, b)| {
+                self.first_rows(
+                    &self.t().select_log_of,
+                    (inc, ts(b), shard, activity),
+                    MAX_LOG_ROWS,
+                )
+            })
+            .buffered(PACK_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut out = BTreeMap::new();
+        for (_, bytes) in read.into_iter().flatten() {
+            let p = decode_point(&bytes)?;
+            out.insert(p.ts, p);
+        }
+        Ok(out)
+    }
+
+    /// The hours of the activity's chunks, ascending.
+    async fn chunk_hours(&self, activity: Uuid) -> StoreResult<Vec<Millis>> {
+        let rows: Vec<(CqlTimestamp,)> = self
+            .first_rows(&self.t().select_hours, (activity,), MAX_LOG_ROWS)
+            .await?;
+        let mut hours: Vec<Millis> = rows.into_iter().map(|(h,)| h.0).collect();
+        hours.sort_unstable();
+        hours.dedup();
+        Ok(hours)
+    }
+
+    /// One hour of packed track, rows in key order (a later bucket's point
+    /// replaces an earlier one at the same time).
+    async fn chunk_points(&self, activity: Uuid, hour: Millis) -> StoreResult<Vec<Point>> {
+        let rows: Vec<(Vec<u8>,)> = self
+            .first_rows(&self.t().select_chunks, (activity, ts(hour)), MAX_LOG_ROWS)
+            .await?;
+        let mut out = Vec::new();
+        for (bytes,) in rows {
+            out.extend(decode_chunk(&bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// At most `limit` points later than `after` (all if `None`), in time
+    /// order, from the log, the chunks and (on old keyspaces) `points`.
+    pub(super) async fn track_after(
+        &self,
+        activity: Uuid,
+        after: Option<Millis>,
+        limit: usize,
+    ) -> StoreResult<Vec<Point>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let later = |t: Millis| after.is_none_or(|a| t > a);
+        // The log first: see the module comment.
+        let mut logged = self.logged_points(activity).await?;
+        logged.retain(|t, _| later(*t));
+        let mut track: BTreeMap<Millis, Point> = BTreeMap::new();
+        if let Some(legacy) = &self.t().legacy {
+            let rows: Vec<PointRow> = match after {
+                None => {
+                    self.first_rows(&legacy.select_points, (activity,), limit)
+                        .await?
+                }
+                Some(a) => {
+                    self.first_rows(&legacy.select_points_after, (activity, ts(a)), limit)
+                        .await?
+                }
+            };
+            track.extend(
+                rows.into_iter()
+                    .map(point_from)
+                    .filter(|p| later(p.ts))
+                    .map(|p| (p.ts, p)),
+            );
+        }
+        let first_hour = after.map(|a| floor(a, HOUR_MS));
+        for hour in self.chunk_hours(activity).await? {
+            if first_hour.is_some_and(|f| hour < f) {
+                continue;
+            }
+            for p in self.chunk_points(activity, hour).await? {
+                if later(p.ts) {
+                    track.insert(p.ts, p);
+                }
+            }
+            // Everything before the hour's end is known now.
+            let end = hour + HOUR_MS;
+            let known = track.range(..end).count()
+                + logged
+                    .range(..end)
+                    .filter(|(t, _)| !track.contains_key(t))
+                    .count();
+            if known >= limit {
+                break;
+            }
+        }
+        track.extend(logged);
+        Ok(track.into_values().take(limit).collect())
+    }
+
+    /// For each timestamp, whether the activity has a point there.
+    pub(super) async fn track_has(
+        &self,
+        activity: Uuid,
+        times: &[Millis],
+    ) -> StoreResult<Vec<bool>> {
+        let logged = self.logged_points(activity).await?;
+        let mut hours: Vec<Millis> = times.iter().map(|t| floor(*t, HOUR_MS)).collect();
+        hours.sort_unstable();
+        hours.dedup();
+        let listed = self.chunk_hours(activity).await?;
+        let mut found: std::collections::HashSet<Millis> = logged.into_keys().collect();
+        for hour in hours
+            .into_iter()
+            .filter(|h| listed.binary_search(h).is_ok())
+        {
+            found.extend(
+                self.chunk_points(activity, hour)
+                    .await?
+                    .iter()
+                    .map(|p| p.ts),
+            );
+        }
+        let mut out = Vec::with_capacity(times.len());
+        for t in times {
+            let mut here = found.contains(t);
+            if !here && let Some(legacy) = &self.t().legacy {
+                let row: Option<(CqlTimestamp,)> = self
+                    .one_row(&legacy.select_point, (activity, ts(*t)))
+                    .await?;
+                here = row.is_some_and(|(f,)| f.0 == *t);
+            }
+            out.push(here);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_every_point_field() {
+        let mut full = Point::bare(1_796_649_333_355, 52.520_008, 13.404_954);
+        full.alt = Some(34.5);
+        full.speed = Some(3.2);
+        full.accuracy = Some(4.0);
+        full.hr = Some(151);
+        full.cadence = Some(172);
+        full.battery = Some(87);
+        let bare = Point::bare(-5, -33.868_82, 151.209_29);
+        let points = vec![full, bare, full];
+        let bytes = encode_chunk(&points);
+        assert_eq!(decode_chunk(&bytes).unwrap(), points);
+        assert!(bytes.len() < 3 * 40, "{} bytes", bytes.len());
+        assert!(decode_chunk(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_chunk(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn shards_and_hours_are_stable_and_bounded() {
+        for _ in 0..1000 {
+            let s = shard_of(Uuid::new_v4());
+            assert!((0..LOG_SHARDS).contains(&s));
+        }
+        let id = Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
+        assert_eq!(shard_of(id), shard_of(id));
+        assert_eq!(floor(3_600_001, HOUR_MS), 3_600_000);
+        assert_eq!(floor(-1, HOUR_MS), -HOUR_MS);
+    }
+}

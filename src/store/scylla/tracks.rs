@@ -254,7 +254,31 @@ struct LogState {
 #[derive(Default)]
 struct Pending {
     in_flight: usize,
-    points: HashMap<Uuid, Vec<Point>>,
+    chunks: Chunks,
+}
+
+/// Chunks being gathered, by (activity, hour), already encoded: ~28 B a
+/// point while it waits for the packer.
+type Chunks = HashMap<(Uuid, Millis), Vec<u8>>;
+
+/// Appends an encoded point to its chunk.
+fn push_encoded(chunks: &mut Chunks, activity: Uuid, ts: Millis, encoded: &[u8]) {
+    append(
+        chunks.entry((activity, floor(ts, HOUR_MS))).or_default(),
+        encoded,
+    );
+}
+
+fn append(chunk: &mut Vec<u8>, encoded: &[u8]) {
+    put_varint(chunk, encoded.len() as u64);
+    chunk.extend_from_slice(encoded);
+}
+
+/// Adds `newer` after what `chunks` holds, chunk by chunk.
+fn merge(chunks: &mut Chunks, newer: Chunks) {
+    for (key, bytes) in newer {
+        chunks.entry(key).or_default().extend(bytes);
+    }
 }
 
 impl IngestLog {
@@ -317,12 +341,11 @@ fn decode_point(bytes: &[u8]) -> StoreResult<Point> {
 }
 
 /// A chunk: each point as its length and its compact encoding.
-pub fn encode_chunk(points: &[Point]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(points.len() * 28);
+#[cfg(test)]
+fn encode_chunk(points: &[Point]) -> Vec<u8> {
+    let mut out = Vec::new();
     for p in points {
-        let bytes = encode_point(p);
-        put_varint(&mut out, bytes.len() as u64);
-        out.extend_from_slice(&bytes);
+        append(&mut out, &encode_point(p));
     }
     out
 }
@@ -342,24 +365,11 @@ pub fn decode_chunk(mut bytes: &[u8]) -> StoreResult<Vec<Point>> {
     Ok(out)
 }
 
-/// Points by activity, then by hour of their time.
 /// The buckets `first..=last`.
 fn buckets(first: Millis, last: Millis) -> impl Iterator<Item = Millis> + Clone {
     (0..)
         .map(move |i| first + i * BUCKET_MS)
         .take_while(move |b| *b <= last)
-}
-
-fn by_hour(points: &HashMap<Uuid, Vec<Point>>) -> Vec<(Uuid, Millis, Vec<Point>)> {
-    let mut out = Vec::new();
-    for (activity, points) in points {
-        let mut hours: BTreeMap<Millis, Vec<Point>> = BTreeMap::new();
-        for p in points {
-            hours.entry(floor(p.ts, HOUR_MS)).or_default().push(*p);
-        }
-        out.extend(hours.into_iter().map(|(h, ps)| (*activity, h, ps)));
-    }
-    out
 }
 
 impl ScyllaStore {
@@ -514,7 +524,7 @@ impl ScyllaStore {
         for (points, result) in groups.iter().zip(&results) {
             if result.is_ok() {
                 for (activity, p) in points {
-                    pending.points.entry(*activity).or_default().push(*p);
+                    push_encoded(&mut pending.chunks, *activity, p.ts, &encode_point(p));
                     if let Some(entry) = s.announced.get_mut(activity) {
                         entry.1 = entry.1.max(bucket);
                     }
@@ -550,23 +560,21 @@ impl ScyllaStore {
     pub async fn pack_closed(&self, now: Millis) -> StoreResult<usize> {
         let log = &*self.log;
         let inc = log.incarnation;
-        let group: Option<(Millis, Millis, HashMap<Uuid, Vec<Point>>)> = {
+        let group: Option<(Millis, Millis, Chunks)> = {
             let mut s = log.state();
             let due = s
                 .pending
                 .keys()
                 .next()
                 .is_some_and(|first| first + PACK_EVERY_MS + PACK_GRACE_MS <= now);
-            let mut taken: Option<(Millis, Millis, HashMap<Uuid, Vec<Point>>)> = None;
+            let mut taken: Option<(Millis, Millis, Chunks)> = None;
             for (&b, p) in s.pending.iter_mut().take_while(|_| due) {
                 if b + BUCKET_MS + PACK_GRACE_MS > now || p.in_flight > 0 {
                     break;
                 }
-                let (_, last, points) = taken.get_or_insert_with(|| (b, b, HashMap::new()));
+                let (_, last, chunks) = taken.get_or_insert_with(|| (b, b, Chunks::new()));
                 *last = b;
-                for (a, ps) in std::mem::take(&mut p.points) {
-                    points.entry(a).or_default().extend(ps);
-                }
+                merge(chunks, std::mem::take(&mut p.chunks));
             }
             if let Some((_, last, _)) = &taken {
                 s.sealed_before = s.sealed_before.max(last + BUCKET_MS);
@@ -574,17 +582,14 @@ impl ScyllaStore {
             taken
         };
         let mut packed = 0;
-        if let Some((first, last, points)) = group {
-            if let Err(e) = self.pack_group(inc, inc, first, last, &points).await {
-                // Back into memory: the next tick tries again (the log
-                // still holds them for readers).
+        if let Some((first, last, mut chunks)) = group {
+            if let Err(e) = self.pack_group(inc, inc, first, last, &chunks).await {
+                // Back into memory, before what came since: the next tick
+                // tries again (the log still holds them for readers).
                 let mut s = log.state();
                 let pending = s.pending.entry(first).or_default();
-                for (a, ps) in points {
-                    let kept = pending.points.entry(a).or_default();
-                    let newer = std::mem::replace(kept, ps);
-                    kept.extend(newer);
-                }
+                merge(&mut chunks, std::mem::take(&mut pending.chunks));
+                pending.chunks = chunks;
                 return Err(e);
             }
             let mut s = log.state();
@@ -616,21 +621,24 @@ impl ScyllaStore {
         packer: Uuid,
         first: Millis,
         last: Millis,
-        points: &HashMap<Uuid, Vec<Point>>,
+        chunks: &Chunks,
     ) -> StoreResult<()> {
-        let chunks = by_hour(points);
         let own = incarnation == packer;
         let new_hours: Vec<(Uuid, Millis)> = {
             let s = self.log.state();
             chunks
-                .iter()
-                .map(|(a, h, _)| (*a, *h))
+                .keys()
                 .filter(|(a, h)| !own || !s.hours.get(a).is_some_and(|hs| hs.contains(h)))
+                .copied()
                 .collect()
         };
-        stream::iter(chunks)
-            .map(|(a, h, ps)| async move {
-                let values = (a, ts(h), ts(first), incarnation, packer, encode_chunk(&ps));
+        let rows: Vec<(Uuid, Millis, Vec<u8>)> = chunks
+            .iter()
+            .map(|((a, h), bytes)| (*a, *h, bytes.clone()))
+            .collect();
+        stream::iter(rows)
+            .map(|(a, h, bytes)| async move {
+                let values = (a, ts(h), ts(first), incarnation, packer, bytes);
                 self.execute(&self.t().insert_chunk, values)
                     .await
                     .map(|_| ())
@@ -705,14 +713,12 @@ impl ScyllaStore {
                     .try_collect()
                     .await?;
                 // In bucket order, so that a resent point's later value wins.
-                let mut points: HashMap<Uuid, Vec<Point>> = HashMap::new();
+                let mut chunks = Chunks::new();
                 for (activity, bytes) in partitions.into_iter().flatten() {
-                    points
-                        .entry(activity)
-                        .or_default()
-                        .push(decode_point(&bytes)?);
+                    let p = decode_point(&bytes)?;
+                    push_encoded(&mut chunks, activity, p.ts, &bytes);
                 }
-                self.pack_group(inc, self.log.incarnation, first, last, &points)
+                self.pack_group(inc, self.log.incarnation, first, last, &chunks)
                     .await?;
             }
             self.execute(&self.t().delete_incarnation, (inc,)).await?;

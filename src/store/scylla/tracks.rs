@@ -85,6 +85,10 @@ const PACK_IN_FLIGHT: usize = 32;
 /// Rows read per log partition when adopting (a partition holds ~75,000 at
 /// 40,000 posts a second per node).
 const MAX_LOG_ROWS: usize = 1_000_000;
+/// How long this node remembers an activity it wrote no point for (its
+/// `track_logs` row written, its chunk hours listed); an athlete's offline
+/// minutes or a pause should not cost those writes again.
+const FORGET_AFTER_MS: Millis = 600_000;
 /// An activity's `track_logs` rows live 30 days (the table's TTL); this
 /// node writes its row again after a day.
 const REANNOUNCE_MS: Millis = 86_400_000;
@@ -596,8 +600,10 @@ impl ScyllaStore {
             let packed_before = last + BUCKET_MS;
             s.pending.retain(|b, _| *b >= packed_before);
             s.alive_at = now;
+            // Forget activities quiet for a while (all their buckets are
+            // packed): their next post writes their `track_logs` row again.
             s.announced
-                .retain(|_, (_, newest)| *newest >= packed_before);
+                .retain(|_, (_, newest)| *newest + FORGET_AFTER_MS >= packed_before);
             let LogState {
                 announced, hours, ..
             } = &mut *s;

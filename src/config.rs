@@ -156,9 +156,10 @@ pub struct Config {
     #[arg(long, env = "TRAILCAST_MAX_BATCH_POINTS", default_value_t = 20_000)]
     pub max_batch_points: usize,
     /// Group commits in flight at once. Unset: 1 on the embedded store
-    /// (one fsync at a time is its fastest group commit), 16 on ScyllaDB
-    /// (a commit is network round trips, and one at a time would cap a node
-    /// at about 64 batches per write latency).
+    /// (one fsync at a time is its fastest group commit), 4 on ScyllaDB (a
+    /// commit is one batch to the node's ingest log, one round trip however
+    /// many posts it holds: a few at once hide the round trip, and fewer
+    /// make each commit, and so each batch, larger).
     #[arg(long, env = "TRAILCAST_MAX_FLUSHES")]
     pub max_flushes: Option<usize>,
     /// Log format: `text` or `json`.

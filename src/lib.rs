@@ -79,7 +79,7 @@ pub async fn run(
                 .max_flushes
                 .unwrap_or(match config.scylla.nodes.is_empty() {
                     true => 1,
-                    false => 16,
+                    false => 4,
                 }),
         },
         drain_rx,

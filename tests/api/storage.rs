@@ -936,7 +936,8 @@ async fn scylla_tracks_read_the_same_from_the_log_the_chunks_and_an_adopted_log(
     };
 
     // 2 h 13 min of track (three hours of chunks), one point every 20 s,
-    // posted as two requests of one commit, the second out of order.
+    // posted as two requests of one commit, the second out of order. `a`
+    // wrote it and reads its own log from memory, `b` reads it from Scylla.
     let a = open().await;
     let x = Uuid::now_v7();
     let t0 = 1_700_000_000_000i64;
@@ -947,7 +948,9 @@ async fn scylla_tracks_read_the_same_from_the_log_the_chunks_and_an_adopted_log(
     let results = a.append_groups(vec![first, second]).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert!(log_rows().await >= 400, "the points are in the log");
-    check(a.clone(), x, expected.clone(), "in the log").await;
+    check(a.clone(), x, expected.clone(), "in the log, from memory").await;
+    let b = open().await;
+    check(b.clone(), x, expected.clone(), "in the log, from Scylla").await;
 
     let later = trailcast::clock::Clock::System.now_ms() + 10 * 60_000;
     assert!(a.pack_closed(later).await.unwrap() >= 1);
@@ -970,7 +973,6 @@ async fn scylla_tracks_read_the_same_from_the_log_the_chunks_and_an_adopted_log(
     // it has been silent long enough packs it.
     a.stop_packer();
     drop(a);
-    let b = open().await;
     check(
         b.clone(),
         x,

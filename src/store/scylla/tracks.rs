@@ -8,10 +8,13 @@
 //! - **Ingest log.** A group commit's points go to this node's log, in
 //!   `ingest_log ((incarnation, bucket, shard), activity_id, ts)`: the
 //!   incarnation is this process (a random id), the bucket 10 s of the
-//!   node's clock, the shard a hash of the activity (8). One unlogged batch
-//!   per shard partition per group commit, so a commit of many posts is at
-//!   most 8 requests, and the reply still waits for it: an acknowledged
-//!   point is in Scylla, at the configured consistency, before its reply.
+//!   node's clock, the shard the commit's number mod 8 (so a bucket's load
+//!   spreads over 8 partitions and replicas). A whole commit is one
+//!   unlogged single-partition batch: one request however many posts it
+//!   holds, and the reply still waits for it, so an acknowledged point is
+//!   in Scylla, at the configured consistency, before its reply. Each row
+//!   carries its commit's number (`seq`): of two writes of one point, the
+//!   later wins wherever they landed.
 //! - **Chunks.** The packer (a task of the node that wrote the log) keeps
 //!   the points it wrote in memory. Once the oldest unpacked bucket began a
 //!   minute ago it writes every closed bucket's points as one
@@ -23,9 +26,13 @@
 //!   row per activity per minute instead of 12–30, and an hour of track is
 //!   one partition of at most ~3,600 points (~100 KB), however long the
 //!   activity.
-//! - **Reads** see the log and the chunks: `track_logs` names the
+//! - **Reads** see the log and the chunks. This process's own log is read
+//!   from its memory (watchers, COMPLETE and late points of an activity
+//!   reach the node that tracks it, so that is the common case). Other
+//!   processes' logs are read from Scylla: `track_logs` names the
 //!   incarnations that hold (or held) an activity's points in their log,
-//!   and each incarnation's row the buckets not yet packed (about 7). The log is read
+//!   and each incarnation's row the buckets not yet packed (about 7, each
+//!   read in its 8 shards). The log is read
 //!   before the chunks: a point missing from the log read was deleted after
 //!   its chunk was written, so the chunk read finds it. Every read is one
 //!   partition by equality (no clustering range), so the storage contract
@@ -153,17 +160,18 @@ impl TrackStatements {
         };
         Ok(TrackStatements {
             insert_log: prepare(format!(
-                "INSERT INTO {ks}.ingest_log (incarnation, bucket, shard, activity_id, ts, point) \
-                 VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO {ks}.ingest_log \
+                 (incarnation, bucket, shard, activity_id, ts, seq, point) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
             select_log_of: prepare(format!(
-                "SELECT ts, point FROM {ks}.ingest_log \
+                "SELECT seq, point FROM {ks}.ingest_log \
                  WHERE incarnation = ? AND bucket = ? AND shard = ? AND activity_id = ?"
             ))
             .await?,
             select_log_partition: prepare(format!(
-                "SELECT activity_id, point FROM {ks}.ingest_log \
+                "SELECT activity_id, seq, point FROM {ks}.ingest_log \
                  WHERE incarnation = ? AND bucket = ? AND shard = ?"
             ))
             .await?,
@@ -253,6 +261,8 @@ struct LogState {
     hours: HashMap<Uuid, Vec<Millis>>,
     /// When the heartbeat was last written.
     alive_at: Millis,
+    /// Group commits so far: each one's sequence number, and its shard.
+    commits: i64,
 }
 
 #[derive(Default)]
@@ -263,7 +273,7 @@ struct Pending {
 
 /// Chunks being gathered, by (activity, hour), already encoded: ~28 B a
 /// point while it waits for the packer.
-type Chunks = HashMap<(Uuid, Millis), Vec<u8>>;
+type Chunks = BTreeMap<(Uuid, Millis), Vec<u8>>;
 
 /// Appends an encoded point to its chunk.
 fn push_encoded(chunks: &mut Chunks, activity: Uuid, ts: Millis, encoded: &[u8]) {
@@ -324,13 +334,6 @@ fn ts(ms: Millis) -> CqlTimestamp {
 
 fn floor(t: Millis, unit: Millis) -> Millis {
     t - t.rem_euclid(unit)
-}
-
-/// The log shard of an activity: stable across processes and versions.
-fn shard_of(activity: Uuid) -> i32 {
-    let b = activity.as_bytes();
-    // The last bytes of a v4 id are random.
-    (u16::from_le_bytes([b[14], b[15]]) as i32) % LOG_SHARDS
 }
 
 fn encode_point(p: &Point) -> Vec<u8> {
@@ -429,10 +432,12 @@ impl ScyllaStore {
     pub(super) async fn log_groups(&self, groups: Vec<Vec<(Uuid, Point)>>) -> Vec<StoreResult<()>> {
         let log = &*self.log;
         let now = now();
-        let (bucket, new) = {
+        let (bucket, seq, new) = {
             let mut s = log.state();
             let bucket = floor(now, BUCKET_MS).max(s.sealed_before);
             s.pending.entry(bucket).or_default().in_flight += 1;
+            s.commits += 1;
+            let seq = s.commits;
             let mut new: Vec<Uuid> = groups
                 .iter()
                 .flatten()
@@ -445,7 +450,7 @@ impl ScyllaStore {
                 .collect();
             new.sort_unstable();
             new.dedup();
-            (bucket, new)
+            (bucket, seq, new)
         };
         let _in_flight = InFlight { log, bucket };
         let fail_all = |e: StoreError| groups.iter().map(|_| Err(e.clone())).collect();
@@ -473,34 +478,32 @@ impl ScyllaStore {
             }
         }
 
-        // One batch per shard partition (split past LOG_ROWS_PER_BATCH),
-        // each remembering the requests it carries.
-        type Row = (Uuid, CqlTimestamp, i32, Uuid, CqlTimestamp, Vec<u8>);
-        let mut shards: BTreeMap<i32, Vec<(usize, Row)>> = BTreeMap::new();
+        // The whole commit goes to one partition (the shards take commits
+        // in turn): one unlogged batch, split past LOG_ROWS_PER_BATCH, each
+        // remembering the requests it carries.
+        let shard = (seq % i64::from(LOG_SHARDS)) as i32;
+        type Row = (Uuid, CqlTimestamp, i32, Uuid, CqlTimestamp, i64, Vec<u8>);
+        let mut rows: Vec<(usize, Row)> = Vec::new();
         for (request, points) in groups.iter().enumerate() {
             for (activity, p) in points {
-                let shard = shard_of(*activity);
-                shards.entry(shard).or_default().push((
-                    request,
-                    (
-                        log.incarnation,
-                        ts(bucket),
-                        shard,
-                        *activity,
-                        ts(p.ts),
-                        encode_point(p),
-                    ),
-                ));
+                let row = (
+                    inc,
+                    ts(bucket),
+                    shard,
+                    *activity,
+                    ts(p.ts),
+                    seq,
+                    encode_point(p),
+                );
+                rows.push((request, row));
             }
         }
         let mut batches: Vec<(Vec<usize>, Vec<Row>)> = Vec::new();
-        for rows in shards.into_values() {
-            let mut rows = rows.into_iter().peekable();
-            while rows.peek().is_some() {
-                let (requests, values): (Vec<usize>, Vec<Row>) =
-                    rows.by_ref().take(LOG_ROWS_PER_BATCH).unzip();
-                batches.push((requests, values));
-            }
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let (requests, values): (Vec<usize>, Vec<Row>) =
+                rows.by_ref().take(LOG_ROWS_PER_BATCH).unzip();
+            batches.push((requests, values));
         }
         let mut results: Vec<StoreResult<()>> = groups.iter().map(|_| Ok(())).collect();
         let mut written = stream::iter(batches)
@@ -572,13 +575,15 @@ impl ScyllaStore {
                 .next()
                 .is_some_and(|first| first + PACK_EVERY_MS + PACK_GRACE_MS <= now);
             let mut taken: Option<(Millis, Millis, Chunks)> = None;
-            for (&b, p) in s.pending.iter_mut().take_while(|_| due) {
+            for (&b, p) in s.pending.iter().take_while(|_| due) {
                 if b + BUCKET_MS + PACK_GRACE_MS > now || p.in_flight > 0 {
                     break;
                 }
+                // Copied, not taken: until the chunks are written, this
+                // node's reads of its own log come from here.
                 let (_, last, chunks) = taken.get_or_insert_with(|| (b, b, Chunks::new()));
                 *last = b;
-                merge(chunks, std::mem::take(&mut p.chunks));
+                merge(chunks, p.chunks.clone());
             }
             if let Some((_, last, _)) = &taken {
                 s.sealed_before = s.sealed_before.max(last + BUCKET_MS);
@@ -586,16 +591,9 @@ impl ScyllaStore {
             taken
         };
         let mut packed = 0;
-        if let Some((first, last, mut chunks)) = group {
-            if let Err(e) = self.pack_group(inc, inc, first, last, &chunks).await {
-                // Back into memory, before what came since: the next tick
-                // tries again (the log still holds them for readers).
-                let mut s = log.state();
-                let pending = s.pending.entry(first).or_default();
-                merge(&mut chunks, std::mem::take(&mut pending.chunks));
-                pending.chunks = chunks;
-                return Err(e);
-            }
+        if let Some((first, last, chunks)) = group {
+            // On failure the buckets stay pending: the next tick tries again.
+            self.pack_group(inc, inc, first, last, &chunks).await?;
             let mut s = log.state();
             let packed_before = last + BUCKET_MS;
             s.pending.retain(|b, _| *b >= packed_before);
@@ -706,7 +704,7 @@ impl ScyllaStore {
                 && packed.0 <= open.0
             {
                 let (first, last) = (packed.0, open.0);
-                let partitions: Vec<Vec<(Uuid, Vec<u8>)>> = stream::iter(buckets(first, last))
+                let partitions: Vec<Vec<(Uuid, i64, Vec<u8>)>> = stream::iter(buckets(first, last))
                     .flat_map(|b| stream::iter((0..LOG_SHARDS).map(move |shard| (b, shard))))
                     .map(|(b, shard)| {
                         self.first_rows(
@@ -718,9 +716,12 @@ impl ScyllaStore {
                     .buffered(PACK_IN_FLIGHT)
                     .try_collect()
                     .await?;
-                // In bucket order, so that a resent point's later value wins.
+                // In commit order, so that a resent point's later value wins.
+                let mut rows: Vec<(Uuid, i64, Vec<u8>)> =
+                    partitions.into_iter().flatten().collect();
+                rows.sort_by_key(|(_, seq, _)| *seq);
                 let mut chunks = Chunks::new();
-                for (activity, bytes) in partitions.into_iter().flatten() {
+                for (activity, _, bytes) in rows {
                     let p = decode_point(&bytes)?;
                     push_encoded(&mut chunks, activity, p.ts, &bytes);
                 }
@@ -735,7 +736,10 @@ impl ScyllaStore {
     }
 
     /// The activity's points still in ingest logs (any incarnation), by
-    /// time; a point in two buckets counts once, the later bucket winning.
+    /// time; a point written twice counts once, the later write winning.
+    /// This process's own log is read from memory (it holds every
+    /// acknowledged point of its unpacked buckets); other incarnations'
+    /// from Scylla, every shard of each unpacked bucket.
     async fn logged_points(&self, activity: Uuid) -> StoreResult<BTreeMap<Millis, Point>> {
         let rows: Vec<(Uuid, CqlTimestamp)> = self
             .first_rows(&self.t().select_track_logs, (activity,), MAX_LOG_ROWS)
@@ -745,9 +749,13 @@ impl ScyllaStore {
             let e = first.entry(inc).or_insert(b.0);
             *e = (*e).min(b.0);
         }
-        let shard = shard_of(activity);
-        let mut slices: Vec<(Uuid, Millis)> = Vec::new();
+        let mut out = BTreeMap::new();
+        let own = self.log.incarnation;
+        let mut slices: Vec<(Uuid, Millis, i32)> = Vec::new();
         for (inc, first_bucket) in first {
+            if inc == own {
+                continue;
+            }
             let row: Option<(Option<CqlTimestamp>, Option<CqlTimestamp>)> =
                 self.one_row(&self.t().select_incarnation, (inc,)).await?;
             // No row: packed and forgotten.
@@ -755,14 +763,12 @@ impl ScyllaStore {
                 continue;
             };
             let from = packed.map_or(first_bucket, |p| p.0.max(first_bucket));
-            let mut b = from;
-            while b <= open.0 {
-                slices.push((inc, b));
-                b += BUCKET_MS;
+            for b in buckets(from, open.0) {
+                slices.extend((0..LOG_SHARDS).map(|shard| (inc, b, shard)));
             }
         }
-        let read: Vec<Vec<(CqlTimestamp, Vec<u8>)>> = stream::iter(slices)
-            .map(|(inc, b)| {
+        let read: Vec<Vec<(i64, Vec<u8>)>> = stream::iter(slices)
+            .map(|(inc, b, shard)| {
                 self.first_rows(
                     &self.t().select_log_of,
                     (inc, ts(b), shard, activity),
@@ -772,10 +778,28 @@ impl ScyllaStore {
             .buffered(PACK_IN_FLIGHT)
             .try_collect()
             .await?;
-        let mut out = BTreeMap::new();
-        for (_, bytes) in read.into_iter().flatten() {
+        let mut rows: Vec<(i64, Vec<u8>)> = read.into_iter().flatten().collect();
+        rows.sort_by_key(|(seq, _)| *seq);
+        for (_, bytes) in rows {
             let p = decode_point(&bytes)?;
             out.insert(p.ts, p);
+        }
+        // This process's own unpacked points, after any older incarnation's.
+        let own_chunks: Vec<Vec<u8>> = {
+            let s = self.log.state();
+            s.pending
+                .values()
+                .flat_map(|p| {
+                    p.chunks
+                        .range((activity, Millis::MIN)..=(activity, Millis::MAX))
+                        .map(|(_, bytes)| bytes.clone())
+                })
+                .collect()
+        };
+        for chunk in own_chunks {
+            for p in decode_chunk(&chunk)? {
+                out.insert(p.ts, p);
+            }
         }
         Ok(out)
     }
@@ -924,14 +948,11 @@ mod tests {
     }
 
     #[test]
-    fn shards_and_hours_are_stable_and_bounded() {
-        for _ in 0..1000 {
-            let s = shard_of(Uuid::new_v4());
-            assert!((0..LOG_SHARDS).contains(&s));
-        }
-        let id = Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
-        assert_eq!(shard_of(id), shard_of(id));
+    fn hours_and_buckets_are_whole_units() {
         assert_eq!(floor(3_600_001, HOUR_MS), 3_600_000);
         assert_eq!(floor(-1, HOUR_MS), -HOUR_MS);
+        let b: Vec<Millis> = buckets(20_000, 50_000).collect();
+        assert_eq!(b, [20_000, 30_000, 40_000, 50_000]);
+        assert_eq!(buckets(20_000, 10_000).count(), 0);
     }
 }

@@ -209,3 +209,81 @@ async fn a_stalled_cluster_answers_503_with_retry_after_and_loses_nothing_acknow
         "every acknowledged point, once"
     );
 }
+
+/// #19: a packer that cannot reach the cluster keeps its buckets: another
+/// node still reads every acknowledged point from the ingest log, and once
+/// the cluster answers again the same buckets are packed and the log
+/// emptied.
+#[tokio::test]
+async fn a_stalled_packer_keeps_its_log_and_packs_it_after_recovery() {
+    use trailcast::domain::Point;
+    use trailcast::store::scylla::ScyllaStore;
+    use trailcast::store::{PointStore, read_track};
+
+    let cql = cql_server();
+    let (keyspace, args) = cql.keyspace().await;
+    let proxy = StallProxy::start(cql.nodes[0].clone()).await;
+    let mut through = args.clone();
+    through.nodes = vec![proxy.addr.clone()];
+    through.request_timeout_ms = 1000;
+    let session = trailcast::store::scylla::connect(&through, cql.real)
+        .await
+        .unwrap();
+    let writer = ScyllaStore::open(session, &keyspace, 64).await.unwrap();
+    writer.stop_packer(); // packed by hand below
+    let session = trailcast::store::scylla::connect(&args, cql.real)
+        .await
+        .unwrap();
+    let reader = ScyllaStore::open(session, &keyspace, 64).await.unwrap();
+
+    let x = uuid::Uuid::now_v7();
+    let t0 = now_ms() - 600_000;
+    let track: Vec<Point> = (0..120)
+        .map(|i| Point {
+            ts: t0 + i * 1000,
+            lat: 48.0 + i as f64 * 1e-4,
+            lng: 11.0,
+            alt: None,
+            speed: None,
+            accuracy: Some(5.0),
+            hr: Some(140),
+            cadence: None,
+            battery: None,
+        })
+        .collect();
+    writer
+        .append_points(Arc::new(track.iter().map(|p| (x, *p)).collect()))
+        .await
+        .unwrap();
+
+    proxy.stall(true);
+    let later = now_ms() + 10 * 60_000;
+    assert!(
+        writer.pack_closed(later).await.is_err(),
+        "packing through a stalled connection fails"
+    );
+    let read = read_track(&reader, x).await.unwrap();
+    assert_eq!(read, track, "the log still holds every acknowledged point");
+
+    proxy.stall(false);
+    assert!(writer.pack_closed(later).await.unwrap() >= 1);
+    assert_eq!(read_track(&reader, x).await.unwrap(), track);
+    assert_eq!(read_track(&writer, x).await.unwrap(), track);
+    let rows = reader_log_rows(&args, &keyspace, cql.real).await;
+    assert_eq!(rows, 0, "packed buckets leave the log");
+}
+
+async fn reader_log_rows(
+    args: &trailcast::config::ScyllaArgs,
+    keyspace: &str,
+    real: bool,
+) -> usize {
+    let session = trailcast::store::scylla::connect(args, real).await.unwrap();
+    session
+        .query_unpaged(format!("SELECT activity_id FROM {keyspace}.ingest_log"), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num()
+}

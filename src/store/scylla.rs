@@ -4,18 +4,20 @@
 //! [`SCHEMA`]; `trailcast migrate` applies it). What a query reads is one
 //! partition:
 //!
-//! - points: `points` by `activity_id`, clustered by `ts`; a route is read a
-//!   page at a time with the driver's paging state (no unbounded query);
+//! - tracks: packed (`tracks`): a node's ingest log by (process, 10 s,
+//!   shard), and per activity one partition per hour of point time; every
+//!   read is one partition by equality, cut to the page the caller asked
+//!   for;
 //! - history: `activities_by_athlete` by `athlete_id`, clustered by
 //!   `(started_at, activity_id) DESC`; the page after a cursor is a
 //!   multi-column slice on those two columns;
 //! - users, tokens, friend requests, activities and shares by their key.
 //!
 //! Writes: every statement is prepared (so the driver routes it to a
-//! replica of its partition, token-aware); points go in unlogged batches of
-//! one partition each; a record kept in two tables (activity and history
-//! entry, user and token, share and token) goes in one logged batch so both
-//! or neither land. Every statement here is an upsert, a delete or a read,
+//! replica of its partition, token-aware); a group commit's points go in
+//! one unlogged batch to the node's ingest log; a record kept in two
+//! tables (activity and history entry, user and token, share and token)
+//! goes in one logged batch so both or neither land. Every statement here is an upsert, a delete or a read,
 //! so all are marked idempotent and may be retried; nothing here (no
 //! counters, no list appends) would double on a retry. The retry policy
 //! (`WriteTimeoutRetry`) is the driver's default plus up to two retries of
@@ -26,8 +28,8 @@
 //! Consistency is configurable, LOCAL_QUORUM by default, for reads and
 //! writes alike, so a point acknowledged by one node is read by another.
 //!
-//! Absent optional point values are bound as *unset*, never null: a null in
-//! an INSERT writes a tombstone.
+//! Points are stored encoded in blobs (`recent_codec`), so absent optional
+//! values cost nothing and write no tombstone.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,9 +8,10 @@
 //!   shard), and per activity one partition per hour of point time; every
 //!   read is one partition by equality, cut to the page the caller asked
 //!   for;
-//! - history: `activities_by_athlete` by `athlete_id`, clustered by
-//!   `(started_at, activity_id) DESC`; the page after a cursor is a
-//!   multi-column slice on those two columns;
+//! - history: `athlete_history` by athlete and year (`athlete_years` lists
+//!   the years), clustered by `(started_at, activity_id) DESC`; the page
+//!   after a cursor is a multi-column slice on those two columns in the
+//!   cursor's year, then whole years, newest first;
 //! - users, tokens, friend requests, activities and shares by their key.
 //!
 //! Writes: every statement is prepared (so the driver routes it to a
@@ -392,10 +393,14 @@ struct Statements {
     select_privacy_zones: PreparedStatement,
     insert_activity: PreparedStatement,
     insert_history: PreparedStatement,
+    insert_history_year: PreparedStatement,
+    select_history_years: PreparedStatement,
     select_activity: PreparedStatement,
     scan_activities: PreparedStatement,
     select_history: PreparedStatement,
     select_history_after: PreparedStatement,
+    /// `activities_by_athlete` (whole, after a cursor), when it exists.
+    legacy_history: Option<(PreparedStatement, PreparedStatement)>,
     insert_share: PreparedStatement,
     insert_share_token: PreparedStatement,
     select_share: PreparedStatement,
@@ -539,8 +544,16 @@ impl Statements {
             ))
             .await?,
             insert_history: prepare(format!(
-                "INSERT INTO {ks}.activities_by_athlete (athlete_id, started_at, activity_id, doc) \
-                 VALUES (?, ?, ?, ?)"
+                "INSERT INTO {ks}.athlete_history \
+                 (athlete_id, year, started_at, activity_id, doc) VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            insert_history_year: prepare(format!(
+                "INSERT INTO {ks}.athlete_years (athlete_id, year) VALUES (?, ?)"
+            ))
+            .await?,
+            select_history_years: prepare(format!(
+                "SELECT year FROM {ks}.athlete_years WHERE athlete_id = ?"
             ))
             .await?,
             select_activity: prepare(format!("SELECT doc FROM {ks}.activities WHERE id = ?"))
@@ -549,7 +562,7 @@ impl Statements {
             // Redis lost them (see `store::leaderboard`).
             scan_activities: prepare(format!("SELECT doc FROM {ks}.activities")).await?,
             select_history: prepare(format!(
-                "SELECT doc FROM {ks}.activities_by_athlete WHERE athlete_id = ?"
+                "SELECT doc FROM {ks}.athlete_history WHERE athlete_id = ? AND year = ?"
             ))
             .await?,
             // The in-memory CQL test server cannot parse a multi-column
@@ -557,10 +570,26 @@ impl Statements {
             // fails loudly there (never silently wrong). The storage
             // contract suite lists it as uncovered on that server.
             select_history_after: prepare(format!(
-                "SELECT doc FROM {ks}.activities_by_athlete WHERE athlete_id = ? \
+                "SELECT doc FROM {ks}.athlete_history WHERE athlete_id = ? AND year = ? \
                  AND (started_at, activity_id) < (?, ?)"
             ))
             .await?,
+            // Keyspaces made before histories by year: their old table.
+            legacy_history: match prepare(format!(
+                "SELECT doc FROM {ks}.activities_by_athlete WHERE athlete_id = ?"
+            ))
+            .await
+            {
+                Err(_) => None,
+                Ok(all) => Some((
+                    all,
+                    prepare(format!(
+                        "SELECT doc FROM {ks}.activities_by_athlete WHERE athlete_id = ? \
+                         AND (started_at, activity_id) < (?, ?)"
+                    ))
+                    .await?,
+                )),
+            },
             insert_share: prepare(format!(
                 "INSERT INTO {ks}.shares (id, activity_id, owner_id, expires_at, token_hash) \
                  VALUES (?, ?, ?, ?, ?)"
@@ -891,12 +920,19 @@ impl ActivityStore for ScyllaStore {
     async fn put_activity(&self, activity: &Activity) -> StoreResult<()> {
         let doc = activity_doc(activity)?;
         let started = CqlTimestamp(activity.started_at);
+        let year = year_of(activity.started_at);
+        let athlete = activity.athlete_id;
         self.batch(
             BatchType::Logged,
-            &[&self.q.insert_activity, &self.q.insert_history],
+            &[
+                &self.q.insert_activity,
+                &self.q.insert_history,
+                &self.q.insert_history_year,
+            ],
             (
-                (activity.id, activity.athlete_id, started, &doc),
-                (activity.athlete_id, started, activity.id, &doc),
+                (activity.id, athlete, started, &doc),
+                (athlete, year, started, activity.id, &doc),
+                (athlete, year),
             ),
         )
         .await
@@ -934,28 +970,67 @@ impl ActivityStore for ScyllaStore {
         Ok((out, next))
     }
 
+    /// Newest first, a year partition at a time (from the cursor's year),
+    /// merged with the old one-partition table where it exists.
     async fn history(
         &self,
         athlete: Uuid,
         after: Option<HistoryKey>,
         limit: usize,
     ) -> StoreResult<Vec<Activity>> {
-        let rows: Vec<(String,)> = match after {
-            None => {
-                self.first_rows(&self.q.select_history, (athlete,), limit)
-                    .await?
+        let years: Vec<(i32,)> = self
+            .first_rows(&self.q.select_history_years, (athlete,), MAX_PAGE_ROWS)
+            .await?;
+        let mut years: Vec<i32> = years.into_iter().map(|(y,)| y).collect();
+        years.sort_unstable_by(|a, b| b.cmp(a));
+        years.dedup();
+        let from_year = after.as_ref().map(|k| year_of(k.started_at));
+        let mut docs: Vec<String> = Vec::new();
+        for year in years {
+            if from_year.is_some_and(|f| year > f) {
+                continue;
             }
-            Some(key) => {
-                let values = (athlete, CqlTimestamp(key.started_at), key.activity_id);
-                self.first_rows(&self.q.select_history_after, values, limit)
-                    .await?
+            let want = limit - docs.len().min(limit);
+            if want == 0 {
+                break;
             }
-        };
+            let rows: Vec<(String,)> = match &after {
+                Some(key) if Some(year) == from_year => {
+                    let values = (athlete, year, CqlTimestamp(key.started_at), key.activity_id);
+                    self.first_rows(&self.q.select_history_after, values, want)
+                        .await?
+                }
+                _ => {
+                    self.first_rows(&self.q.select_history, (athlete, year), want)
+                        .await?
+                }
+            };
+            docs.extend(rows.into_iter().map(|(doc,)| doc));
+        }
         // One bad record never takes a whole list down.
-        Ok(rows
+        let mut out: Vec<Activity> = docs
             .iter()
-            .filter_map(|(doc,)| activity_from(doc).inspect_err(skip_corrupt).ok())
-            .collect())
+            .filter_map(|doc| activity_from(doc).inspect_err(skip_corrupt).ok())
+            .collect();
+        if let Some((all, after_key)) = &self.q.legacy_history {
+            let rows: Vec<(String,)> = match &after {
+                None => self.first_rows(all, (athlete,), limit).await?,
+                Some(key) => {
+                    let values = (athlete, CqlTimestamp(key.started_at), key.activity_id);
+                    self.first_rows(after_key, values, limit).await?
+                }
+            };
+            // A record in both tables: the new one is the latest.
+            let known: std::collections::HashSet<Uuid> = out.iter().map(|a| a.id).collect();
+            out.extend(
+                rows.iter()
+                    .filter_map(|(doc,)| activity_from(doc).inspect_err(skip_corrupt).ok())
+                    .filter(|a| !known.contains(&a.id)),
+            );
+            out.sort_by_key(|a| std::cmp::Reverse(HistoryKey::of(a)));
+            out.truncate(limit);
+        }
+        Ok(out)
     }
 
     async fn put_share(&self, share: &Share) -> StoreResult<()> {
@@ -1146,6 +1221,12 @@ fn point_from(row: PointRow) -> Point {
         cadence: small(cadence),
         battery: battery.and_then(|v| u8::try_from(v).ok()),
     }
+}
+
+/// The calendar year (UTC) of a time: the history partition it goes in.
+fn year_of(t: Millis) -> i32 {
+    use chrono::Datelike;
+    chrono::DateTime::from_timestamp_millis(t).map_or(1970, |d| d.year())
 }
 
 /// The latest time the API accepts (`TsInput`: year 9999).

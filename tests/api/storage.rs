@@ -412,6 +412,13 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
         store.activities.put_activity(&a).await.unwrap();
         all.push(a);
     }
+    // Other years (Scylla keeps a partition per athlete and year): the
+    // history and its pages run across them.
+    for started_at in [1_600_000_000_000, 1_735_700_000_000] {
+        let a = activity(athlete, started_at);
+        store.activities.put_activity(&a).await.unwrap();
+        all.push(a);
+    }
     // Two activities starting in the same millisecond: the id breaks the tie.
     let twin = activity(athlete, all[4].started_at);
     store.activities.put_activity(&twin).await.unwrap();
@@ -439,6 +446,11 @@ async fn contract(store: &Persistence, server: &Server) -> Report {
         2,
         "limit honoured"
     );
+    // The newest year comes first (one activity in 2025, the rest older),
+    // which the CQL test server can answer too.
+    let newest = store.activities.history(athlete, None, 1).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].started_at, 1_735_700_000_000, "newest year first");
     covered.push("history partition and limit");
 
     // A paged scan of every activity (leaderboard rebuilds) meets each one

@@ -163,6 +163,7 @@ pub async fn run(
     finisher
         .await
         .context("automatic-activity finisher panicked")?;
+    backends.flush().await;
     backends.close()?;
     tracing::info!("shutdown complete");
     Ok(())

@@ -36,6 +36,8 @@ pub struct Backends {
     pub sweepers: Vec<Arc<dyn Sweep>>,
     /// The embedded store, closed (its journal synced) on shutdown.
     embedded: Option<EmbeddedStore>,
+    /// The Scylla store, whose ingest log is packed on shutdown.
+    scylla: Option<Arc<ScyllaStore>>,
 }
 
 impl Backends {
@@ -44,7 +46,7 @@ impl Backends {
     /// registry: Redis when `--redis-url` is set, a Redis Cluster when
     /// `--redis-cluster-nodes` is, else in process.
     pub async fn open(config: &Config, clock: Clock) -> anyhow::Result<Backends> {
-        let (persistence, embedded) = open_persistence(config).await?;
+        let (persistence, embedded, scylla) = open_persistence(config).await?;
         let mut sweepers: Vec<Arc<dyn Sweep>> = Vec::new();
         let redis = match (&config.redis_url, config.redis_cluster_nodes.is_empty()) {
             (Some(url), _) => {
@@ -68,6 +70,7 @@ impl Backends {
                     recent: Arc::new(redis),
                     sweepers,
                     embedded,
+                    scylla,
                 })
             }
             None => {
@@ -83,10 +86,24 @@ impl Backends {
                     audience: Arc::new(MemoryAudience::default()),
                     sweepers,
                     embedded,
+                    scylla,
                 })
             }
         }
     }
+    /// Packs the Scylla ingest log (a stopped node's log would otherwise
+    /// wait two minutes for another node to pack it); called once the
+    /// write-behind queue is flushed. A failure is logged, not fatal: the
+    /// log stays readable and another node packs it.
+    pub async fn flush(&self) {
+        if let Some(scylla) = &self.scylla {
+            match scylla.flush_log().await {
+                Ok(buckets) => tracing::info!(buckets, "packed the ingest log"),
+                Err(e) => tracing::warn!(error = %e, "packing the ingest log on shutdown"),
+            }
+        }
+    }
+
     /// Closes what needs closing; called once every task using the
     /// backends has stopped.
     pub fn close(self) -> anyhow::Result<()> {
@@ -97,7 +114,9 @@ impl Backends {
     }
 }
 
-async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Option<EmbeddedStore>)> {
+type Opened = (Persistence, Option<EmbeddedStore>, Option<Arc<ScyllaStore>>);
+
+async fn open_persistence(config: &Config) -> anyhow::Result<Opened> {
     let scylla = &config.scylla;
     if !scylla.nodes.is_empty() {
         let session = crate::store::scylla::connect(scylla, true).await?;
@@ -113,9 +132,9 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
             points: db.clone(),
             fields: db.clone(),
             courses: db.clone(),
-            devices: db,
+            devices: db.clone(),
         };
-        return Ok((store, None));
+        return Ok((store, None, Some(db)));
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -129,5 +148,5 @@ async fn open_persistence(config: &Config) -> anyhow::Result<(Persistence, Optio
         courses: Arc::new(embedded.clone()),
         devices: Arc::new(embedded.clone()),
     };
-    Ok((store, Some(embedded)))
+    Ok((store, Some(embedded), None))
 }

@@ -997,4 +997,24 @@ async fn scylla_tracks_read_the_same_from_the_log_the_chunks_and_an_adopted_log(
     assert_eq!(log_rows().await, 0, "an adopted log is emptied");
     check(b.clone(), x, expected.clone(), "adopted").await;
     assert_eq!(b.adopt_silent(silent).await.unwrap(), 0, "and forgotten");
+
+    // A node shutting down packs everything at once and forgets itself.
+    let more = point(t0 + 401 * 20_000, 401);
+    expected.push(more);
+    b.append_points(Arc::new(vec![(x, more)])).await.unwrap();
+    assert!(log_rows().await > 0);
+    assert_eq!(b.flush_log().await.unwrap(), 1);
+    assert_eq!(log_rows().await, 0, "a flushed log is empty");
+    let incarnations = raw
+        .query_unpaged(
+            format!("SELECT incarnation FROM {keyspace}.ingest_incarnations"),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num();
+    assert_eq!(incarnations, 0, "nothing left to adopt");
+    check(b.clone(), x, expected.clone(), "flushed on shutdown").await;
 }

@@ -565,6 +565,22 @@ impl ScyllaStore {
     /// bucket is closed `PACK_GRACE_MS` after its end once no commit is
     /// writing into it. Public for tests, which pack with a time far ahead.
     pub async fn pack_closed(&self, now: Millis) -> StoreResult<usize> {
+        self.pack(now, false).await
+    }
+
+    /// On shutdown, once no commit is in flight: packs every bucket at once
+    /// and forgets this incarnation, so nobody needs to adopt its log.
+    pub async fn flush_log(&self) -> StoreResult<usize> {
+        self.stop_packer();
+        let packed = self.pack(now(), true).await?;
+        if self.log.state().pending.is_empty() {
+            self.execute(&self.t().delete_incarnation, (self.log.incarnation,))
+                .await?;
+        }
+        Ok(packed)
+    }
+
+    async fn pack(&self, now: Millis, all: bool) -> StoreResult<usize> {
         let log = &*self.log;
         let inc = log.incarnation;
         let group: Option<(Millis, Millis, Chunks)> = {
@@ -573,10 +589,10 @@ impl ScyllaStore {
                 .pending
                 .keys()
                 .next()
-                .is_some_and(|first| first + PACK_EVERY_MS + PACK_GRACE_MS <= now);
+                .is_some_and(|first| all || first + PACK_EVERY_MS + PACK_GRACE_MS <= now);
             let mut taken: Option<(Millis, Millis, Chunks)> = None;
             for (&b, p) in s.pending.iter().take_while(|_| due) {
-                if b + BUCKET_MS + PACK_GRACE_MS > now || p.in_flight > 0 {
+                if (!all && b + BUCKET_MS + PACK_GRACE_MS > now) || p.in_flight > 0 {
                     break;
                 }
                 // Copied, not taken: until the chunks are written, this
@@ -608,7 +624,7 @@ impl ScyllaStore {
             hours.retain(|a, _| announced.contains_key(a));
             packed = ((last - first) / BUCKET_MS + 1) as usize;
         }
-        let heartbeat_due = now.saturating_sub(log.state().alive_at) >= HEARTBEAT_MS;
+        let heartbeat_due = !all && now.saturating_sub(log.state().alive_at) >= HEARTBEAT_MS;
         if heartbeat_due {
             self.execute(&self.t().heartbeat, (inc, ts(now))).await?;
             log.state().alive_at = now;

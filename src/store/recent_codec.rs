@@ -165,11 +165,11 @@ pub fn decode(bytes: &[u8]) -> Result<RecentItem, String> {
     }
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(super) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(super) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
@@ -181,7 +181,7 @@ pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_f64(out: &mut Vec<u8>, v: f64) {
+pub(super) fn put_f64(out: &mut Vec<u8>, v: f64) {
     for (k, scale) in POW10.iter().enumerate() {
         let n = (v * scale).round();
         // Below 2^49 the integer is exact and leaves room for the zigzag
@@ -199,10 +199,33 @@ fn put_f64(out: &mut Vec<u8>, v: f64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+/// `v` as the integer `n` with `v == n / 10^k` exactly, if there is one
+/// that fits (what `put_f64` writes for the smallest such `k`). If `v` is
+/// exact at `k`, it is at every larger `k` too (both divisions round the
+/// same real number).
+pub(super) fn scaled(v: f64, k: usize) -> Option<i64> {
+    let scale = *POW10.get(k)?;
+    let n = (v * scale).round();
+    if n.abs() >= MAX_EXACT / 16.0 {
+        return None;
+    }
+    let n = n as i64;
+    ((n as f64 / scale).to_bits() == v.to_bits()).then_some(n)
+}
+
+/// The value `scaled` gave `n` for.
+pub(super) fn unscaled(n: i64, k: usize) -> Result<f64, String> {
+    let scale = *POW10.get(k).ok_or("a bad number scale")?;
+    Ok(n as f64 / scale)
+}
+
+/// The largest `k` `scaled` takes.
+pub(super) const MAX_SCALE: usize = 8;
+
 pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl Reader<'_> {
-    fn byte(&mut self) -> Result<u8, String> {
+    pub(super) fn byte(&mut self) -> Result<u8, String> {
         let (&b, rest) = self.0.split_first().ok_or("the item ends early")?;
         self.0 = rest;
         Ok(b)
@@ -220,7 +243,7 @@ impl Reader<'_> {
         Err("a varint longer than 64 bits".into())
     }
 
-    fn f64(&mut self) -> Result<f64, String> {
+    pub(super) fn f64(&mut self) -> Result<f64, String> {
         let v = self.varint()?;
         if v == RAW_F64 {
             let (head, rest) = self

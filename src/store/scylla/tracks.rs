@@ -20,11 +20,11 @@
 //!   minute ago it writes every closed bucket's points as one
 //!   `track_chunks` row per activity and hour
 //!   (`((activity_id, hour), bucket, incarnation, packer)`, the points
-//!   encoded as in the Redis streams, ~25 B each), lists the hour in
+//!   as differences from the point before, ~14 B each), lists the hour in
 //!   `track_hours`, records the buckets as packed in `ingest_incarnations`,
 //!   and deletes their log partitions. At one point every 2–5 s that is one
 //!   row per activity per minute instead of 12–30, and an hour of track is
-//!   one partition of at most ~3,600 points (~100 KB), however long the
+//!   one partition of at most ~3,600 points (~50 KB), however long the
 //!   activity.
 //! - **Reads** see the log and the chunks. This process's own log is read
 //!   from its memory (watchers, COMPLETE and late points of an activity
@@ -60,9 +60,12 @@ use uuid::Uuid;
 use super::{PointRow, ScyllaStore, corrupt, point_from};
 use crate::clock::Clock;
 use crate::domain::Point;
+use crate::domain::point::{HAS_ACCURACY, HAS_ALT, HAS_BATTERY, HAS_CADENCE, HAS_HR, HAS_SPEED};
 use crate::domain::time::Millis;
 use crate::store::recent::RecentItem;
-use crate::store::recent_codec::{self, Reader, put_varint};
+use crate::store::recent_codec::{
+    self, MAX_SCALE, Reader, put_f64, put_varint, scaled, unscaled, unzigzag, zigzag,
+};
 use crate::store::{StoreError, StoreResult};
 
 /// Node time per log bucket: one log partition per shard. At 28,000 posts
@@ -271,7 +274,7 @@ struct Pending {
     chunks: Chunks,
 }
 
-/// Chunks being gathered, by (activity, hour), already encoded: ~28 B a
+/// Chunks being gathered, by (activity, hour), already encoded: ~25 B a
 /// point while it waits for the packer.
 type Chunks = BTreeMap<(Uuid, Millis), Vec<u8>>;
 
@@ -357,7 +360,107 @@ fn encode_chunk(points: &[Point]) -> Vec<u8> {
     out
 }
 
+/// What a packed chunk starts with; a chunk as gathered (each point as its
+/// length and its compact encoding) starts with a length below 128.
+const PACKED: u8 = 0xD1;
+
+/// A gathered chunk as stored: points as differences from the one before
+/// (time in ms; latitude and longitude as integers at one decimal scale for
+/// the whole chunk), the rest as in the gathered form: ~14 B a point with
+/// altitude, accuracy and heart rate, instead of ~25. A chunk with a coordinate no decimal scale holds
+/// exactly stays as gathered.
+fn pack_chunk(gathered: &[u8]) -> StoreResult<Vec<u8>> {
+    let points = decode_chunk(gathered)?;
+    let scale_of = |v: f64| (0..=MAX_SCALE).find(|k| scaled(v, *k).is_some());
+    let mut k = 0;
+    for p in &points {
+        match (scale_of(p.lat), scale_of(p.lng)) {
+            (Some(a), Some(b)) => k = k.max(a).max(b),
+            _ => return Ok(gathered.to_vec()),
+        }
+    }
+    let mut out = Vec::with_capacity(points.len() * 12 + 8);
+    out.push(PACKED);
+    put_varint(&mut out, points.len() as u64);
+    out.push(k as u8);
+    let (mut ts, mut lat, mut lng) = (0i64, 0i64, 0i64);
+    for p in &points {
+        // Exact at their own scale, so at the chunk's larger one too.
+        let (Some(la), Some(ln)) = (scaled(p.lat, k), scaled(p.lng, k)) else {
+            return Ok(gathered.to_vec());
+        };
+        out.push(p.present());
+        put_varint(&mut out, zigzag(p.ts.wrapping_sub(ts)));
+        put_varint(&mut out, zigzag(la.wrapping_sub(lat)));
+        put_varint(&mut out, zigzag(ln.wrapping_sub(lng)));
+        (ts, lat, lng) = (p.ts, la, ln);
+        for v in [p.alt, p.speed, p.accuracy].into_iter().flatten() {
+            put_f64(&mut out, v);
+        }
+        for v in [p.hr, p.cadence].into_iter().flatten() {
+            put_varint(&mut out, u64::from(v));
+        }
+        if let Some(b) = p.battery {
+            out.push(b);
+        }
+    }
+    Ok(out)
+}
+
+fn unpack_chunk(bytes: &[u8]) -> Result<Vec<Point>, String> {
+    let mut r = Reader(bytes);
+    r.byte()?;
+    let n = r.varint()? as usize;
+    let k = r.byte()? as usize;
+    let mut out = Vec::with_capacity(n.min(bytes.len()));
+    let (mut ts, mut lat, mut lng) = (0i64, 0i64, 0i64);
+    for _ in 0..n {
+        let flags = r.byte()?;
+        ts = ts.wrapping_add(unzigzag(r.varint()?));
+        lat = lat.wrapping_add(unzigzag(r.varint()?));
+        lng = lng.wrapping_add(unzigzag(r.varint()?));
+        let mut opt = |bit: u8| match flags & bit {
+            0 => Ok(None),
+            _ => r.f64().map(Some),
+        };
+        let (alt, speed, accuracy) = (opt(HAS_ALT)?, opt(HAS_SPEED)?, opt(HAS_ACCURACY)?);
+        let mut small = |bit: u8| -> Result<Option<u16>, String> {
+            if flags & bit == 0 {
+                return Ok(None);
+            }
+            let v = r.varint()?;
+            u16::try_from(v)
+                .map(Some)
+                .map_err(|_| format!("{v} is not a u16"))
+        };
+        let (hr, cadence) = (small(HAS_HR)?, small(HAS_CADENCE)?);
+        let battery = match flags & HAS_BATTERY {
+            0 => None,
+            _ => Some(r.byte()?),
+        };
+        out.push(Point {
+            ts,
+            lat: unscaled(lat, k)?,
+            lng: unscaled(lng, k)?,
+            alt,
+            speed,
+            accuracy,
+            hr,
+            cadence,
+            battery,
+        });
+    }
+    match r.0.is_empty() {
+        true => Ok(out),
+        false => Err(format!("{} bytes after a packed chunk", r.0.len())),
+    }
+}
+
+/// The points of a chunk, packed or as gathered.
 pub fn decode_chunk(mut bytes: &[u8]) -> StoreResult<Vec<Point>> {
+    if bytes.first() == Some(&PACKED) {
+        return unpack_chunk(bytes).map_err(corrupt);
+    }
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let mut r = Reader(bytes);
@@ -654,8 +757,8 @@ impl ScyllaStore {
         };
         let rows: Vec<(Uuid, Millis, Vec<u8>)> = chunks
             .iter()
-            .map(|((a, h), bytes)| (*a, *h, bytes.clone()))
-            .collect();
+            .map(|((a, h), bytes)| Ok((*a, *h, pack_chunk(bytes)?)))
+            .collect::<StoreResult<_>>()?;
         stream::iter(rows)
             .map(|(a, h, bytes)| async move {
                 let values = (a, ts(h), ts(first), incarnation, packer, bytes);
@@ -961,6 +1064,59 @@ mod tests {
         assert!(bytes.len() < 3 * 40, "{} bytes", bytes.len());
         assert!(decode_chunk(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_chunk(&[]).unwrap().is_empty());
+    }
+
+    /// A minute of a run at one fix every 2–5 s, as a phone reports it.
+    fn minute(t0: Millis) -> Vec<Point> {
+        (0..20)
+            .map(|i| {
+                // Seven decimals, as parsed from a phone's JSON.
+                let deg = |v: f64| (v * 1e7).round() / 1e7;
+                let mut p = Point::bare(
+                    t0 + i * 3_000 + (i % 3) * 7,
+                    deg(52.520_008_1 + i as f64 * 1.1e-4),
+                    deg(-13.404_954 - i as f64 * 0.7e-4),
+                );
+                p.alt = Some((345 + i * 2) as f64 / 10.0);
+                p.accuracy = Some(4.0);
+                p.hr = Some(140 + i as u16);
+                p.battery = (i == 0).then_some(87);
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packed_chunks_hold_the_same_points_in_little_more_than_half_the_bytes() {
+        let mut points = minute(1_796_649_333_355);
+        points.swap(3, 11); // out of order, as late points arrive
+        points.push(points[5]); // a resend
+        let gathered = encode_chunk(&points);
+        let packed = pack_chunk(&gathered).unwrap();
+        assert_eq!(packed[0], PACKED);
+        assert_eq!(decode_chunk(&packed).unwrap(), points);
+        let per_point = packed.len() as f64 / points.len() as f64;
+        assert!(per_point < 15.0, "{per_point:.2} B a point");
+        assert!(
+            packed.len() * 10 < gathered.len() * 6,
+            "{} B packed, {} B gathered",
+            packed.len(),
+            gathered.len()
+        );
+        assert!(decode_chunk(&packed[..packed.len() - 1]).is_err());
+        let mut longer = packed.clone();
+        longer.push(0);
+        assert!(decode_chunk(&longer).is_err());
+    }
+
+    #[test]
+    fn a_chunk_no_decimal_scale_holds_stays_as_gathered() {
+        let mut points = minute(0);
+        points[4].lng = 0.1 + 0.2; // 0.30000000000000004
+        let gathered = encode_chunk(&points);
+        let kept = pack_chunk(&gathered).unwrap();
+        assert_eq!(kept, gathered);
+        assert_eq!(decode_chunk(&kept).unwrap(), points);
     }
 
     #[test]

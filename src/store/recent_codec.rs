@@ -182,18 +182,9 @@ pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 pub(super) fn put_f64(out: &mut Vec<u8>, v: f64) {
-    for (k, scale) in POW10.iter().enumerate() {
-        let n = (v * scale).round();
-        // Below 2^49 the integer is exact and leaves room for the zigzag
-        // bit and the 4-bit k. The check decodes the integer, as `decode`
-        // will (so -0.0, whose integer is 0, falls back to raw bytes).
-        if n.abs() < MAX_EXACT / 16.0 {
-            let n = n as i64;
-            if (n as f64 / scale).to_bits() == v.to_bits() {
-                put_varint(out, zigzag(n) << 4 | k as u64);
-                return;
-            }
-        }
+    if let Some((k, n)) = (0..=MAX_SCALE).find_map(|k| scaled(v, k).map(|n| (k, n))) {
+        put_varint(out, zigzag(n) << 4 | k as u64);
+        return;
     }
     put_varint(out, RAW_F64);
     out.extend_from_slice(&v.to_le_bytes());
@@ -206,6 +197,9 @@ pub(super) fn put_f64(out: &mut Vec<u8>, v: f64) {
 pub(super) fn scaled(v: f64, k: usize) -> Option<i64> {
     let scale = *POW10.get(k)?;
     let n = (v * scale).round();
+    // Below 2^49 the integer is exact and leaves room for the zigzag bit
+    // and the 4-bit k. The check decodes the integer, as `decode` will (so
+    // -0.0, whose integer is 0, falls back to raw bytes).
     if n.abs() >= MAX_EXACT / 16.0 {
         return None;
     }

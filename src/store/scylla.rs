@@ -1122,10 +1122,10 @@ impl PointStore for ScyllaStore {
             .unwrap_or(Ok(()))
     }
 
-    /// The group commit goes to this node's ingest log: one unlogged batch
-    /// per log partition (`tracks`), `BATCHES_IN_FLIGHT` at a time; each
-    /// request is answered by its own batches, so a timed-out partition
-    /// fails only the requests that wrote to it.
+    /// The group commit goes to this node's ingest log (`tracks`): one
+    /// partition, one unlogged batch (split every 500 rows, the parts
+    /// written together); each request is answered by the batches that
+    /// carry its points.
     async fn append_groups(&self, groups: Vec<Vec<(Uuid, Point)>>) -> Vec<StoreResult<()>> {
         self.log_groups(groups).await
     }

@@ -42,15 +42,7 @@ pub fn encode(item: &RecentItem) -> Vec<u8> {
             put_varint(&mut out, zigzag(p.ts));
             put_f64(&mut out, p.lat);
             put_f64(&mut out, p.lng);
-            for v in [p.alt, p.speed, p.accuracy].into_iter().flatten() {
-                put_f64(&mut out, v);
-            }
-            for v in [p.hr, p.cadence].into_iter().flatten() {
-                put_varint(&mut out, u64::from(v));
-            }
-            if let Some(b) = p.battery {
-                out.push(b);
-            }
+            put_point_rest(&mut out, p);
         }
         RecentItem::Stats(s) if s.step.is_none() => {
             out.push(TAG_STATS);
@@ -95,39 +87,7 @@ pub fn decode(bytes: &[u8]) -> Result<RecentItem, String> {
             let ts: Millis = unzigzag(r.varint()?);
             let lat = r.f64()?;
             let lng = r.f64()?;
-            let mut opt = |bit: u8| -> Result<Option<f64>, String> {
-                if flags & bit == 0 {
-                    Ok(None)
-                } else {
-                    r.f64().map(Some)
-                }
-            };
-            let (alt, speed, accuracy) = (opt(HAS_ALT)?, opt(HAS_SPEED)?, opt(HAS_ACCURACY)?);
-            let mut opt_u16 = |bit: u8| -> Result<Option<u16>, String> {
-                if flags & bit == 0 {
-                    return Ok(None);
-                }
-                let v = r.varint()?;
-                u16::try_from(v)
-                    .map(Some)
-                    .map_err(|_| format!("{v} is not a u16"))
-            };
-            let (hr, cadence) = (opt_u16(HAS_HR)?, opt_u16(HAS_CADENCE)?);
-            let battery = match flags & HAS_BATTERY {
-                0 => None,
-                _ => Some(r.byte()?),
-            };
-            RecentItem::Point(Point {
-                ts,
-                lat,
-                lng,
-                alt,
-                speed,
-                accuracy,
-                hr,
-                cadence,
-                battery,
-            })
+            RecentItem::Point(read_point_rest(&mut r, flags, ts, lat, lng)?)
         }
         TAG_STATS => {
             let flags = r.byte()?;
@@ -181,13 +141,73 @@ pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-pub(super) fn put_f64(out: &mut Vec<u8>, v: f64) {
+fn put_f64(out: &mut Vec<u8>, v: f64) {
     if let Some((k, n)) = (0..=MAX_SCALE).find_map(|k| scaled(v, k).map(|n| (k, n))) {
         put_varint(out, zigzag(n) << 4 | k as u64);
         return;
     }
     put_varint(out, RAW_F64);
     out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A point's optional values after its flags, time and position (the
+/// point encoding here, and Scylla's packed chunks): each present one in
+/// flag order, floats as `put_f64`, heart rate and cadence as varints,
+/// battery as a byte.
+pub(super) fn put_point_rest(out: &mut Vec<u8>, p: &Point) {
+    for v in [p.alt, p.speed, p.accuracy].into_iter().flatten() {
+        put_f64(out, v);
+    }
+    for v in [p.hr, p.cadence].into_iter().flatten() {
+        put_varint(out, u64::from(v));
+    }
+    if let Some(b) = p.battery {
+        out.push(b);
+    }
+}
+
+/// Reads what `put_point_rest` wrote for a point with these flags, time
+/// and position.
+pub(super) fn read_point_rest(
+    r: &mut Reader<'_>,
+    flags: u8,
+    ts: Millis,
+    lat: f64,
+    lng: f64,
+) -> Result<Point, String> {
+    let mut opt = |bit: u8| -> Result<Option<f64>, String> {
+        if flags & bit == 0 {
+            Ok(None)
+        } else {
+            r.f64().map(Some)
+        }
+    };
+    let (alt, speed, accuracy) = (opt(HAS_ALT)?, opt(HAS_SPEED)?, opt(HAS_ACCURACY)?);
+    let mut opt_u16 = |bit: u8| -> Result<Option<u16>, String> {
+        if flags & bit == 0 {
+            return Ok(None);
+        }
+        let v = r.varint()?;
+        u16::try_from(v)
+            .map(Some)
+            .map_err(|_| format!("{v} is not a u16"))
+    };
+    let (hr, cadence) = (opt_u16(HAS_HR)?, opt_u16(HAS_CADENCE)?);
+    let battery = match flags & HAS_BATTERY {
+        0 => None,
+        _ => Some(r.byte()?),
+    };
+    Ok(Point {
+        ts,
+        lat,
+        lng,
+        alt,
+        speed,
+        accuracy,
+        hr,
+        cadence,
+        battery,
+    })
 }
 
 /// `v` as the integer `n` with `v == n / 10^k` exactly, if there is one
@@ -237,7 +257,7 @@ impl Reader<'_> {
         Err("a varint longer than 64 bits".into())
     }
 
-    pub(super) fn f64(&mut self) -> Result<f64, String> {
+    fn f64(&mut self) -> Result<f64, String> {
         let v = self.varint()?;
         if v == RAW_F64 {
             let (head, rest) = self

@@ -60,11 +60,11 @@ use uuid::Uuid;
 use super::{PointRow, ScyllaStore, corrupt, point_from};
 use crate::clock::Clock;
 use crate::domain::Point;
-use crate::domain::point::{HAS_ACCURACY, HAS_ALT, HAS_BATTERY, HAS_CADENCE, HAS_HR, HAS_SPEED};
 use crate::domain::time::Millis;
 use crate::store::recent::RecentItem;
 use crate::store::recent_codec::{
-    self, MAX_SCALE, Reader, put_f64, put_varint, scaled, unscaled, unzigzag, zigzag,
+    self, MAX_SCALE, Reader, put_point_rest, put_varint, read_point_rest, scaled, unscaled,
+    unzigzag, zigzag,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -394,15 +394,7 @@ fn pack_chunk(gathered: &[u8]) -> StoreResult<Vec<u8>> {
         put_varint(&mut out, zigzag(la.wrapping_sub(lat)));
         put_varint(&mut out, zigzag(ln.wrapping_sub(lng)));
         (ts, lat, lng) = (p.ts, la, ln);
-        for v in [p.alt, p.speed, p.accuracy].into_iter().flatten() {
-            put_f64(&mut out, v);
-        }
-        for v in [p.hr, p.cadence].into_iter().flatten() {
-            put_varint(&mut out, u64::from(v));
-        }
-        if let Some(b) = p.battery {
-            out.push(b);
-        }
+        put_point_rest(&mut out, p);
     }
     Ok(out)
 }
@@ -419,36 +411,8 @@ fn unpack_chunk(bytes: &[u8]) -> Result<Vec<Point>, String> {
         ts = ts.wrapping_add(unzigzag(r.varint()?));
         lat = lat.wrapping_add(unzigzag(r.varint()?));
         lng = lng.wrapping_add(unzigzag(r.varint()?));
-        let mut opt = |bit: u8| match flags & bit {
-            0 => Ok(None),
-            _ => r.f64().map(Some),
-        };
-        let (alt, speed, accuracy) = (opt(HAS_ALT)?, opt(HAS_SPEED)?, opt(HAS_ACCURACY)?);
-        let mut small = |bit: u8| -> Result<Option<u16>, String> {
-            if flags & bit == 0 {
-                return Ok(None);
-            }
-            let v = r.varint()?;
-            u16::try_from(v)
-                .map(Some)
-                .map_err(|_| format!("{v} is not a u16"))
-        };
-        let (hr, cadence) = (small(HAS_HR)?, small(HAS_CADENCE)?);
-        let battery = match flags & HAS_BATTERY {
-            0 => None,
-            _ => Some(r.byte()?),
-        };
-        out.push(Point {
-            ts,
-            lat: unscaled(lat, k)?,
-            lng: unscaled(lng, k)?,
-            alt,
-            speed,
-            accuracy,
-            hr,
-            cadence,
-            battery,
-        });
+        let (la, ln) = (unscaled(lat, k)?, unscaled(lng, k)?);
+        out.push(read_point_rest(&mut r, flags, ts, la, ln)?);
     }
     match r.0.is_empty() {
         true => Ok(out),

@@ -90,6 +90,7 @@ pub async fn run(
         batcher.clone(),
         backends.leaderboard.clone(),
         backends.registry.clone(),
+        backends.changes.clone(),
         clock,
     ));
     let devices = Arc::new(ingest::devices::AutoActivities::new(
@@ -133,10 +134,12 @@ pub async fn run(
         registry: backends.registry.clone(),
         audience: backends.audience.clone(),
         rules,
+        changes: backends.changes.clone(),
         courses: Arc::new(http::courses::Courses::new(catalogue)),
         devices,
         shutdown: closing_rx,
     });
+    let listener_task = tokio::spawn(hear_other_nodes(ctx.clone()));
     let closing_rx_for_http = ctx.shutdown.clone();
     let app = http::router(ctx);
     tracing::info!(addr = %listener.local_addr()?, "trailcast listening");
@@ -163,6 +166,9 @@ pub async fn run(
     finisher
         .await
         .context("automatic-activity finisher panicked")?;
+    listener_task
+        .await
+        .context("the change listener panicked")?;
     backends.flush().await;
     backends.close()?;
     tracing::info!("shutdown complete");
@@ -199,6 +205,28 @@ async fn sweep(
             _ = stopped(&mut stop) => return,
         }
     }
+}
+
+/// Applies what other nodes changed to this node's copies (the change
+/// bus, `store::changes`) until shutdown.
+async fn hear_other_nodes(ctx: ApiContext) {
+    use store::changes::{Change, Heard};
+    let heard = |heard: Heard| match heard {
+        Heard::Change(Change::Activity(id)) => {
+            ctx.tracker.doubt(id);
+            ctx.rules.forget(id);
+            let _ = ctx.live.access_changed.send(id);
+        }
+        Heard::Change(Change::Athlete(id)) => ctx.rules.forget_athlete(id),
+        Heard::Change(Change::Share(id)) => {
+            let _ = ctx.live.revoked.send(id);
+        }
+        Heard::Reset => {
+            ctx.tracker.doubt_all();
+            ctx.rules.forget_all();
+        }
+    };
+    ctx.changes.listen(heard, ctx.shutdown.clone()).await;
 }
 
 /// Completes tracker apps' automatic activities that have gone quiet.

@@ -10,6 +10,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::time::Millis;
 use crate::store::audience::{Audience, MemoryAudience, RedisAudience};
+use crate::store::changes::ChangeBus;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::leaderboard::{Leaderboard, MemoryLeaderboard, RedisLeaderboard};
 use crate::store::recent_memory::MemoryRecentStore;
@@ -32,6 +33,8 @@ pub struct Backends {
     pub registry: Arc<dyn LiveRegistry>,
     /// Who watches which live activity now.
     pub audience: Arc<dyn Audience>,
+    /// How this node hears what other nodes sharing its store change.
+    pub changes: Arc<ChangeBus>,
     /// In-process stores that need sweeping (only those in use).
     pub sweepers: Vec<Arc<dyn Sweep>>,
     /// The embedded store, closed (its journal synced) on shutdown.
@@ -58,6 +61,23 @@ impl Backends {
             ),
             (None, true) => None,
         };
+        // The embedded store is this node's alone; nodes sharing ScyllaDB
+        // hear each other through Redis when they have one.
+        let changes = match (&scylla, &redis) {
+            (None, _) => ChangeBus::alone(),
+            (Some(_), None) => ChangeBus::unheard(),
+            (Some(_), Some(redis)) => {
+                let urls = match &config.redis_url {
+                    Some(url) => vec![url.clone()],
+                    None => config
+                        .redis_cluster_nodes
+                        .iter()
+                        .map(|n| crate::store::redis_conn::node_url(n))
+                        .collect(),
+                };
+                ChangeBus::redis(redis.connection(), urls, &config.redis_prefix)
+            }
+        };
         match redis {
             Some(redis) => {
                 let redis = redis.with_clock(clock);
@@ -67,6 +87,7 @@ impl Backends {
                     leaderboard: Arc::new(RedisLeaderboard::new(redis.connection(), prefix)),
                     registry: Arc::new(RedisRegistry::new(redis.connection(), prefix)),
                     audience: Arc::new(RedisAudience::new(redis.connection(), prefix)),
+                    changes,
                     recent: Arc::new(redis),
                     sweepers,
                     embedded,
@@ -84,6 +105,7 @@ impl Backends {
                     leaderboard: Arc::new(MemoryLeaderboard::default()),
                     registry,
                     audience: Arc::new(MemoryAudience::default()),
+                    changes,
                     sweepers,
                     embedded,
                     scylla,

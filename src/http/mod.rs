@@ -96,6 +96,8 @@ pub struct ApiState {
     pub audience: Arc<dyn crate::store::audience::Audience>,
     /// Audience settings and privacy filters of recently watched activities.
     pub rules: Arc<privacy::RulesCache>,
+    /// What this node tells other nodes it changed, and hears from them.
+    pub changes: Arc<crate::store::changes::ChangeBus>,
     /// The course catalogue, and the planned routes looked at recently.
     pub courses: Arc<courses::Courses>,
     /// Tracker apps' automatic activities.

@@ -77,6 +77,10 @@ async fn readyz(State(ctx): State<ApiContext>) -> impl IntoResponse {
                 // Activities whose publish, registry or leaderboard update
                 // failed and is being retried (`ingest::outbox`).
                 "owed_activities": ctx.tracker.owed_len(),
+                // Whether this node hears other nodes' changes (`store::changes`):
+                // "alone" (embedded store), "unheard" (ScyllaDB without Redis),
+                // "listening" or "connecting" (Redis pub/sub).
+                "changes": ctx.changes.status(),
                 "write_queue": {"queued_points": queued, "capacity_points": capacity,
                                 "status": if queue_ok { "up" } else { "saturated" }},
             }

@@ -16,11 +16,14 @@
 //! activity and node (finished activities' hidden ends, which need the last
 //! point, once per `FINAL_RULES_TTL_MS`), and forgotten at once when this
 //! node changes them. A refresh reads no record that this node's hot cache
-//! wrote or checked within `RULES_TTL_MS` (the node tracking a live
-//! activity, where the load balancer sends its watchers too, between
-//! posts), and the athlete's zones are kept `ZONES_TTL_MS`: a
-//! zone change made through another node applies to watchers here within
-//! 10 s, one made here at once.
+//! holds as current (the node tracking a live activity, where the load
+//! balancer sends its watchers too), and the athlete's zones are kept
+//! `ZONES_TTL_MS`. While this node hears other nodes' changes
+//! (`store::changes`: Redis pub/sub, or a store nobody else shares), both
+//! are kept `TRUSTED_TTL_MS` instead and forgotten when another node says
+//! it changed them: a change made anywhere applies to watchers here at
+//! once. Otherwise a zone change made through another node applies within
+//! 10 s, an activity's within 1 s.
 
 use std::sync::Arc;
 
@@ -40,6 +43,7 @@ use crate::domain::time::Millis;
 use crate::domain::{Activity, ActivityState, PrivacyFilter, PrivacyZone, Visibility};
 use crate::startup::Sweep;
 use crate::store::audience::{Watcher, Who};
+use crate::store::changes::{Change, TRUSTED_TTL_MS};
 use crate::store::{StoreError, read_track};
 
 /// How stale a node's copy of an activity's rules may be.
@@ -122,7 +126,7 @@ impl RulesCache {
         if let Some(rules) = &cached {
             let ttl = match !matches!(rules.state, ActivityState::Started | ActivityState::Paused) {
                 true => FINAL_RULES_TTL_MS,
-                false => RULES_TTL_MS,
+                false => ctx.changes.ttl(RULES_TTL_MS),
             };
             if now - rules.read_at < ttl {
                 return Ok(rules.clone());
@@ -157,6 +161,12 @@ impl RulesCache {
         self.rules.retain(|_, r| r.athlete_id != athlete);
     }
 
+    /// Forgets everything (other nodes' changes may have been missed).
+    pub fn forget_all(&self) {
+        self.zones.clear();
+        self.rules.clear();
+    }
+
     /// The athlete's privacy zones, read again after `ZONES_TTL_MS`.
     async fn zones_of(
         &self,
@@ -165,7 +175,7 @@ impl RulesCache {
         now: Millis,
     ) -> Result<Arc<Vec<PrivacyZone>>, StoreError> {
         if let Some(entry) = self.zones.get(&athlete)
-            && now - entry.1 < ZONES_TTL_MS
+            && now - entry.1 < ctx.changes.ttl(ZONES_TTL_MS)
         {
             return Ok(entry.0.clone());
         }
@@ -180,7 +190,8 @@ impl Sweep for RulesCache {
     fn sweep(&self, now: Millis) {
         self.rules
             .retain(|_, r| now - r.read_at < 2 * FINAL_RULES_TTL_MS);
-        self.zones.retain(|_, z| now - z.1 < ZONES_TTL_MS);
+        self.zones
+            .retain(|_, z| now - z.1 < TRUSTED_TTL_MS.max(ZONES_TTL_MS));
     }
 }
 
@@ -245,6 +256,7 @@ async fn put_zones(
     })?;
     ctx.store.users.set_privacy_zones(me.id, &zones).await?;
     ctx.rules.forget_athlete(me.id);
+    ctx.changes.announce(Change::Athlete(me.id));
     Ok(Json(zones))
 }
 

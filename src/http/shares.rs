@@ -136,5 +136,7 @@ async fn revoke_share(
         .ok_or(ApiError::NotFound)?;
     ctx.store.activities.delete_share(&share).await?;
     let _ = ctx.live.revoked.send(share.id);
+    ctx.changes
+        .announce(crate::store::changes::Change::Share(share.id));
     Ok(Json(json!({"status": "revoked"})))
 }

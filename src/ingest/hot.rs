@@ -8,15 +8,18 @@
 //! activities never wait on each other.
 //!
 //! The map is a cache over persistence, rebuilt from it after a restart
-//! (`load`), and checked against it now and then (`resync`) in case another
-//! node changed the record. `sweep` evicts entries idle for
-//! `IDLE_EVICT_MS`, which bounds the map by the activities active in that
-//! window.
+//! (`load`), and checked against it (`resync`) in case another node changed
+//! the record: when that node says so (`doubt`, from the change bus,
+//! `store::changes`), and otherwise once the entry is older than its TTL
+//! (`RECHECK_MS`, or `TRUSTED_TTL_MS` while every change is heard). `sweep`
+//! evicts entries idle for `IDLE_EVICT_MS`, which bounds the map by the
+//! activities active in that window.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -25,14 +28,16 @@ use crate::clock::Clock;
 use crate::domain::Point;
 use crate::domain::time::Millis;
 use crate::domain::{Activity, TrackAccumulator};
+use crate::store::changes::ChangeBus;
 use crate::store::{Persistence, PointStore, read_track, read_track_after};
 
 /// Entries untouched this long are dropped from the map.
 pub const IDLE_EVICT_MS: Millis = 10 * 60 * 1000;
 
-/// How stale an entry may be before a read checks it against the store.
-/// Another node may have changed the activity (a state change taken there
-/// while the load balancer moved it); watchers are 5-10 s behind anyway.
+/// How stale an entry may be before a read checks it against the store,
+/// when other nodes' changes are not heard. Another node may have changed
+/// the activity (a state change taken there while the load balancer moved
+/// it); watchers are 5-10 s behind anyway.
 pub const RECHECK_MS: Millis = 5_000;
 
 pub(crate) struct Hot {
@@ -145,27 +150,54 @@ impl Hot {
             track: self.acc.summary(),
         }
     }
-
-    pub fn is_stale(&self, now: Millis) -> bool {
-        now - self.synced >= RECHECK_MS
-    }
 }
 
 pub(crate) type HotEntry = Arc<Mutex<Hot>>;
 
 pub(crate) struct HotActivities {
     map: DashMap<Uuid, HotEntry>,
+    /// Entries another node said it changed since they were last read.
+    doubted: DashSet<Uuid>,
+    /// Entries synced at or before this time are doubted (this node may
+    /// have missed other nodes' changes until then).
+    doubted_until: AtomicI64,
     store: Persistence,
+    changes: Arc<ChangeBus>,
     clock: Clock,
 }
 
 impl HotActivities {
-    pub fn new(store: Persistence, clock: Clock) -> HotActivities {
+    pub fn new(store: Persistence, changes: Arc<ChangeBus>, clock: Clock) -> HotActivities {
         HotActivities {
             map: DashMap::new(),
+            doubted: DashSet::new(),
+            doubted_until: AtomicI64::new(Millis::MIN),
             store,
+            changes,
             clock,
         }
+    }
+
+    /// Whether `hot` must be checked against the store before use: another
+    /// node said it changed it, or its copy is older than `ttl` (`ttl` as
+    /// when other nodes' changes are not heard: longer while they are).
+    pub fn is_stale(&self, hot: &Hot, now: Millis, ttl: Millis) -> bool {
+        now - hot.synced >= self.changes.ttl(ttl)
+            || hot.synced <= self.doubted_until.load(Ordering::Acquire)
+            || (!self.doubted.is_empty() && self.doubted.contains(&hot.activity.id))
+    }
+
+    /// Another node changed this activity: its entry, if any, is read again
+    /// before its next use.
+    pub fn doubt(&self, id: Uuid) {
+        if self.map.contains_key(&id) {
+            self.doubted.insert(id);
+        }
+    }
+
+    /// Other nodes may have changed anything until `now`.
+    pub fn doubt_all(&self, now: Millis) {
+        self.doubted_until.fetch_max(now, Ordering::AcqRel);
     }
 
     /// The entry if it is in the cache (no I/O).
@@ -208,6 +240,8 @@ impl HotActivities {
     /// is the fallback, not the rule.
     pub async fn resync(&self, hot: &mut Hot, now: Millis) -> Result<(), IngestError> {
         let id = hot.activity.id;
+        // Before the read: a change announced while it runs doubts again.
+        self.doubted.remove(&id);
         let stored = self
             .store
             .activities
@@ -230,6 +264,7 @@ impl HotActivities {
             Ok(h) => now - h.touched < IDLE_EVICT_MS,
             Err(_) => true,
         });
+        self.doubted.retain(|id| self.map.contains_key(id));
         metrics::gauge!("trailcast_hot_activities").set(self.map.len() as f64);
     }
 

@@ -35,11 +35,12 @@ use crate::domain::{
     Activity, ActivityState, Fix, Point, RejectCode, Stats, TrackAccumulator, TrackSummary,
     TransitionError,
 };
+use crate::store::changes::{Change, ChangeBus};
 use crate::store::leaderboard::Leaderboard;
 use crate::store::registry::{LiveRegistry, REMARK_EVERY_MS};
 use crate::store::{HistoryKey, Persistence, RecentItem, RecentStore, StoreError, read_track};
 use batcher::{QueueFull, WriteBehind};
-use hot::{Hot, HotActivities};
+use hot::{Hot, HotActivities, RECHECK_MS};
 use outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,8 @@ pub struct Tracker {
     store: Persistence,
     batcher: WriteBehind,
     outbox: Outbox,
+    /// Where the other nodes hear of this one's changes to a record.
+    changes: Arc<ChangeBus>,
     clock: Clock,
 }
 
@@ -100,13 +103,15 @@ impl Tracker {
         batcher: WriteBehind,
         leaderboard: Arc<dyn Leaderboard>,
         registry: Arc<dyn LiveRegistry>,
+        changes: Arc<ChangeBus>,
         clock: Clock,
     ) -> Self {
         Tracker {
-            hot: HotActivities::new(store.clone(), clock),
+            hot: HotActivities::new(store.clone(), changes.clone(), clock),
             outbox: Outbox::new(store.clone(), recent, leaderboard, registry, clock),
             store,
             batcher,
+            changes,
             clock,
         }
     }
@@ -137,7 +142,7 @@ impl Tracker {
         if let Some(entry) = self.hot.get(id) {
             let mut hot = entry.lock().await;
             let now = self.clock.now_ms();
-            if hot.is_stale(now) {
+            if self.hot.is_stale(&hot, now, RECHECK_MS) {
                 self.hot.resync(&mut hot, now).await?;
             }
             return Ok(hot.snapshot());
@@ -157,13 +162,25 @@ impl Tracker {
 
     /// The activity's record from the hot cache, without I/O: only if it
     /// is there, not locked by a write in progress, and known to match the
-    /// store within the last `max_age` ms (written or checked by this node
-    /// then). Readers that may fall back to the store (the watchers' rules)
-    /// use it to skip a read.
+    /// store: written or read by this node within `max_age` ms (longer
+    /// while other nodes' changes are heard) and not changed by another
+    /// node since. Readers that may fall back to the store (the watchers'
+    /// rules) use it to skip a read.
     pub fn cached(&self, id: Uuid, max_age: Millis) -> Option<Activity> {
         let entry = self.hot.get(id)?;
         let hot = entry.try_lock().ok()?;
-        (self.clock.now_ms() - hot.synced < max_age).then(|| hot.activity.clone())
+        let stale = self.hot.is_stale(&hot, self.clock.now_ms(), max_age);
+        (!stale).then(|| hot.activity.clone())
+    }
+
+    /// Another node changed this activity (heard on the change bus).
+    pub fn doubt(&self, id: Uuid) {
+        self.hot.doubt(id);
+    }
+
+    /// This node may have missed other nodes' changes until now.
+    pub fn doubt_all(&self) {
+        self.hot.doubt_all(self.clock.now_ms());
     }
 
     /// The activity if `owner` is its athlete; `NotFound` otherwise, as for
@@ -199,7 +216,7 @@ impl Tracker {
             return Err(IngestError::NotFound);
         }
         let now = self.clock.now_ms();
-        if hot.is_stale(now) {
+        if self.hot.is_stale(&hot, now, RECHECK_MS) {
             self.hot.resync(&mut hot, now).await?;
         }
         Ok(hot)
@@ -226,6 +243,7 @@ impl Tracker {
             self.outbox.count_on_leaderboards(&mut next).await;
             if next.leaderboard_m != owed {
                 self.store.activities.put_activity(&next).await?;
+                self.changes.announce(Change::Activity(id));
                 hot.activity = next;
             }
             return Ok(hot.snapshot());
@@ -255,6 +273,7 @@ impl Tracker {
         }
         self.outbox.count_on_leaderboards(&mut next).await;
         self.store.activities.put_activity(&next).await?;
+        self.changes.announce(Change::Activity(id));
         hot.activity = next;
         hot.set_acc(acc);
         hot.touched = now;
@@ -308,6 +327,7 @@ impl Tracker {
             self.outbox.count_on_leaderboards(&mut next).await;
         }
         self.store.activities.put_activity(&next).await?;
+        self.changes.announce(Change::Activity(id));
         hot.activity = next;
         hot.touched = now;
         hot.synced = now;
@@ -430,6 +450,7 @@ impl Tracker {
                 hot.activity.track = hot.acc.summary();
                 self.outbox.count_on_leaderboards(&mut hot.activity).await;
                 self.store.activities.put_activity(&hot.activity).await?;
+                self.changes.announce(Change::Activity(id));
             }
             let mut items: Vec<RecentItem> = Vec::with_capacity(fresh.len() + 1);
             items.extend(fresh.iter().map(|p| RecentItem::Point(*p)));
@@ -438,8 +459,9 @@ impl Tracker {
             self.outbox.publish(id, items).await;
             computed = Some(stats);
         }
+        // Not `synced`: the record was not read, and a change another node
+        // made must still be noticed while the athlete keeps posting.
         hot.touched = now;
-        hot.synced = now;
         if hot.activity.is_live()
             && now - hot.marked >= REMARK_EVERY_MS
             && self.outbox.register(&hot.activity, now).await

@@ -10,6 +10,7 @@
 //! (a partition is what one query reads, in clustering order).
 
 pub mod audience;
+pub mod changes;
 pub mod embedded;
 pub mod leaderboard;
 pub mod recent;

@@ -71,6 +71,14 @@ impl LazyCluster {
     }
 }
 
+/// The URL of a cluster node given as `host:port` (or already a URL).
+pub fn node_url(node: &str) -> String {
+    match node.contains("://") {
+        true => node.to_string(),
+        false => format!("redis://{node}"),
+    }
+}
+
 impl RedisConn {
     /// One Redis at `url`.
     pub fn single(url: &str) -> RedisResult<RedisConn> {
@@ -87,13 +95,7 @@ impl RedisConn {
 
     /// A Redis Cluster reached through any of `nodes` (`host:port`).
     pub fn cluster(nodes: &[String]) -> RedisResult<RedisConn> {
-        let urls: Vec<String> = nodes
-            .iter()
-            .map(|n| match n.contains("://") {
-                true => n.clone(),
-                false => format!("redis://{n}"),
-            })
-            .collect();
+        let urls: Vec<String> = nodes.iter().map(|n| node_url(n)).collect();
         let client = ClusterClient::builder(urls)
             .connection_timeout(REDIS_TIMEOUT)
             .response_timeout(REDIS_TIMEOUT)

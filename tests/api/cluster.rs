@@ -96,11 +96,101 @@ async fn two_nodes_on(redis: &[&str]) -> TwoNodes {
     let args: Vec<&str> = args.iter().chain(redis).copied().collect();
     let (node_a, base_a) = start_binary(&args).await;
     let (node_b, base_b) = start_binary(&args).await;
-    TwoNodes {
+    let nodes = TwoNodes {
         a: TestApp::at(base_a),
         b: TestApp::at(base_b),
         _processes: (node_a, node_b),
+    };
+    // From here on each node keeps its copies until the other says it
+    // changed them (`store::changes`): the tests below would see a change
+    // made through the other node only after a minute without that.
+    until_listening(&nodes.a).await;
+    until_listening(&nodes.b).await;
+    nodes
+}
+
+/// What `/readyz` says of the node's change bus.
+async fn changes_status(node: &TestApp) -> Value {
+    let (_, ready) = node.call(reqwest::Method::GET, "/readyz", None, None).await;
+    ready["checks"]["changes"].clone()
+}
+
+/// Waits (bounded) until the node hears the other nodes' changes.
+async fn until_listening(node: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = changes_status(node).await;
+        if status == "listening" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never listening: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (bounded by `within`) until node's view of the activity has
+/// `state`; returns how long that took.
+async fn until_state(node: &TestApp, id: &str, token: &str, state: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let (status, activity) = node.get(&format!("/v1/activities/{id}"), token).await;
+        assert_eq!(status, StatusCode::OK, "{activity}");
+        if activity["state"] == state {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "still {} after {within:?}, not {state}",
+            activity["state"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The node tracking an activity (A) holds its record and keeps it a
+/// minute while it hears the other nodes. A pause taken through node B
+/// reaches A at once all the same, while the athlete keeps posting to A,
+/// and so does the resume after A lost its subscription and got it back.
+#[tokio::test]
+async fn a_change_through_another_node_reaches_the_tracking_node_at_once() {
+    let port = crate::redis::free_port();
+    let _redis = crate::redis::start_redis(port).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let nodes = two_nodes_on(&["--redis-url", &url]).await;
+    let (a, b) = (&nodes.a, &nodes.b);
+    let ann = a.user("Ann").await;
+    let id = a.start(&ann, json!({"type": "RUN"})).await;
+    let t0 = now_ms();
+    let track = crate::helpers::track(t0, 40, 1_000, 3.0);
+    let (status, body) = a.post_points(&ann, &id, track[0].clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until_state(a, &id, &ann.token, "STARTED", Duration::ZERO).await;
+
+    let path = format!("/v1/activities/{id}");
+    let (status, body) = b.patch(&path, &ann.token, json!({"state": "PAUSED"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = a.post_points(&ann, &id, track[1].clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until_state(a, &id, &ann.token, "PAUSED", Duration::from_secs(3)).await;
+
+    // Every pub/sub connection of this Redis dropped: A reconnects, and
+    // doubts whatever it holds (a change may have gone by meanwhile).
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = ::redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(killed, 2, "one subscription per node");
+    let (status, body) = b
+        .patch(&path, &ann.token, json!({"state": "STARTED"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until_listening(a).await;
+    let (status, body) = a.post_points(&ann, &id, track[2].clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until_state(a, &id, &ann.token, "STARTED", Duration::from_secs(3)).await;
 }
 
 #[tokio::test]

@@ -126,7 +126,7 @@ impl RulesCache {
         if let Some(rules) = &cached {
             let ttl = match !matches!(rules.state, ActivityState::Started | ActivityState::Paused) {
                 true => FINAL_RULES_TTL_MS,
-                false => ctx.changes.ttl(RULES_TTL_MS),
+                false => ctx.changes.ttl(RULES_TTL_MS, TRUSTED_TTL_MS),
             };
             if now - rules.read_at < ttl {
                 return Ok(rules.clone());
@@ -134,7 +134,8 @@ impl RulesCache {
         }
         // A record this node wrote or checked within the TTL (a live
         // activity it tracks, between posts) needs no read.
-        let activity = match ctx.tracker.cached(id, RULES_TTL_MS) {
+        let ttl = ctx.changes.ttl(RULES_TTL_MS, TRUSTED_TTL_MS);
+        let activity = match ctx.tracker.cached(id, ttl) {
             Some(activity) => activity,
             None => ctx
                 .store
@@ -175,7 +176,7 @@ impl RulesCache {
         now: Millis,
     ) -> Result<Arc<Vec<PrivacyZone>>, StoreError> {
         if let Some(entry) = self.zones.get(&athlete)
-            && now - entry.1 < ctx.changes.ttl(ZONES_TTL_MS)
+            && now - entry.1 < ctx.changes.ttl(ZONES_TTL_MS, TRUSTED_TTL_MS)
         {
             return Ok(entry.0.clone());
         }

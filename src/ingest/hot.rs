@@ -11,7 +11,7 @@
 //! (`load`), and checked against it (`resync`) in case another node changed
 //! the record: when that node says so (`doubt`, from the change bus,
 //! `store::changes`), and otherwise once the entry is older than its TTL
-//! (`RECHECK_MS`, or `TRUSTED_TTL_MS` while every change is heard). `sweep`
+//! (`RECHECK_MS`, or `TRUSTED_RECHECK_MS` while every change is heard). `sweep`
 //! evicts entries idle for `IDLE_EVICT_MS`, which bounds the map by the
 //! activities active in that window.
 
@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::domain::Point;
 use crate::domain::time::Millis;
 use crate::domain::{Activity, TrackAccumulator};
-use crate::store::changes::ChangeBus;
+use crate::store::changes::{ChangeBus, TRUSTED_RECHECK_MS};
 use crate::store::{Persistence, PointStore, read_track, read_track_after};
 
 /// Entries untouched this long are dropped from the map.
@@ -178,11 +178,15 @@ impl HotActivities {
         }
     }
 
+    /// How old the tracking node's copy of a record may get.
+    pub fn recheck_ms(&self) -> Millis {
+        self.changes.ttl(RECHECK_MS, TRUSTED_RECHECK_MS)
+    }
+
     /// Whether `hot` must be checked against the store before use: another
-    /// node said it changed it, or its copy is older than `ttl` (`ttl` as
-    /// when other nodes' changes are not heard: longer while they are).
+    /// node said it changed it, or its copy is older than `ttl`.
     pub fn is_stale(&self, hot: &Hot, now: Millis, ttl: Millis) -> bool {
-        now - hot.synced >= self.changes.ttl(ttl)
+        now - hot.synced >= ttl
             || hot.synced <= self.doubted_until.load(Ordering::Acquire)
             || (!self.doubted.is_empty() && self.doubted.contains(&hot.activity.id))
     }

@@ -40,7 +40,7 @@ use crate::store::leaderboard::Leaderboard;
 use crate::store::registry::{LiveRegistry, REMARK_EVERY_MS};
 use crate::store::{HistoryKey, Persistence, RecentItem, RecentStore, StoreError, read_track};
 use batcher::{QueueFull, WriteBehind};
-use hot::{Hot, HotActivities, RECHECK_MS};
+use hot::{Hot, HotActivities};
 use outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +142,7 @@ impl Tracker {
         if let Some(entry) = self.hot.get(id) {
             let mut hot = entry.lock().await;
             let now = self.clock.now_ms();
-            if self.hot.is_stale(&hot, now, RECHECK_MS) {
+            if self.hot.is_stale(&hot, now, self.hot.recheck_ms()) {
                 self.hot.resync(&mut hot, now).await?;
             }
             return Ok(hot.snapshot());
@@ -162,9 +162,8 @@ impl Tracker {
 
     /// The activity's record from the hot cache, without I/O: only if it
     /// is there, not locked by a write in progress, and known to match the
-    /// store: written or read by this node within `max_age` ms (longer
-    /// while other nodes' changes are heard) and not changed by another
-    /// node since. Readers that may fall back to the store (the watchers'
+    /// store: written or read by this node within `max_age` ms and not
+    /// changed by another node since. Readers that may fall back to the store (the watchers'
     /// rules) use it to skip a read.
     pub fn cached(&self, id: Uuid, max_age: Millis) -> Option<Activity> {
         let entry = self.hot.get(id)?;
@@ -216,7 +215,7 @@ impl Tracker {
             return Err(IngestError::NotFound);
         }
         let now = self.clock.now_ms();
-        if self.hot.is_stale(&hot, now, RECHECK_MS) {
+        if self.hot.is_stale(&hot, now, self.hot.recheck_ms()) {
             self.hot.resync(&mut hot, now).await?;
         }
         Ok(hot)

@@ -13,8 +13,8 @@
 //! With Redis, each node publishes what it changed on one pub/sub channel
 //! (`<prefix>changes`; on a Redis Cluster, `PUBLISH` reaches every node's
 //! subscribers), and every node listens. While it listens, a node keeps its
-//! copies `TRUSTED_TTL_MS` (a safety net for a message lost on the way)
-//! and drops a copy when a message names it. Pub/sub delivers at most once,
+//! copies `TRUSTED_TTL_MS` or `TRUSTED_RECHECK_MS` (a safety net for a
+//! message lost on the way) and drops a copy when a message names it. Pub/sub delivers at most once,
 //! and only to connected subscribers, so:
 //! - a node counts as listening only from its subscription's confirmation
 //!   until the connection fails (a `PING` every `PING_EVERY` finds a
@@ -26,7 +26,7 @@
 //!   safety net.
 //!
 //! The embedded store cannot be shared, so a node on it is alone: nobody
-//! else changes anything, and copies live `TRUSTED_TTL_MS` too. A node on
+//! else changes anything, and copies live as long as while listening. A node on
 //! ScyllaDB without Redis hears nothing and keeps the short TTLs.
 
 use std::sync::Arc;
@@ -40,8 +40,13 @@ use uuid::Uuid;
 use super::redis_conn::{REDIS_TIMEOUT, RedisConn};
 use crate::domain::time::Millis;
 
-/// How long a copy stays good while every change reaches this node.
+/// How long a copy of what watchers may see (an activity's audience
+/// rules, an athlete's zones) stays good while every change reaches this
+/// node: the safety net for a lost message.
 pub const TRUSTED_TTL_MS: Millis = 60_000;
+/// The same for the tracking node's copy of an activity record, which
+/// only decides what the next post does (5 minutes, like a token).
+pub const TRUSTED_RECHECK_MS: Millis = 5 * 60_000;
 /// How often the subscription is checked for a silently dead connection.
 pub const PING_EVERY: Duration = Duration::from_secs(5);
 /// Attempts to publish one change before it is given up.
@@ -155,10 +160,10 @@ impl ChangeBus {
     }
 
     /// How long a copy stays good: `short` unless every change reaches
-    /// this node.
-    pub fn ttl(&self, short: Millis) -> Millis {
+    /// this node, `trusted` while it does.
+    pub fn ttl(&self, short: Millis, trusted: Millis) -> Millis {
         match self.trusted() {
-            true => short.max(TRUSTED_TTL_MS),
+            true => trusted,
             false => short,
         }
     }
@@ -306,14 +311,20 @@ mod tests {
 
     #[tokio::test]
     async fn copies_live_long_only_while_every_change_is_heard() {
-        assert_eq!(ChangeBus::alone().ttl(1_000), TRUSTED_TTL_MS);
-        assert_eq!(ChangeBus::unheard().ttl(1_000), 1_000);
+        assert_eq!(
+            ChangeBus::alone().ttl(1_000, TRUSTED_TTL_MS),
+            TRUSTED_TTL_MS
+        );
+        assert_eq!(ChangeBus::unheard().ttl(1_000, TRUSTED_TTL_MS), 1_000);
         let conn = RedisConn::single("redis://127.0.0.1:1").unwrap();
         let bus = ChangeBus::redis(conn, vec![], "t:");
-        assert_eq!((bus.ttl(1_000), bus.status()), (1_000, "connecting"));
+        assert_eq!(
+            (bus.ttl(1_000, TRUSTED_TTL_MS), bus.status()),
+            (1_000, "connecting")
+        );
         bus.listening.store(true, Ordering::Release);
         assert_eq!(
-            (bus.ttl(1_000), bus.status()),
+            (bus.ttl(1_000, TRUSTED_TTL_MS), bus.status()),
             (TRUSTED_TTL_MS, "listening")
         );
     }

@@ -215,7 +215,12 @@ async fn hear_other_nodes(ctx: ApiContext) {
         Heard::Change(Change::Activity(id)) => {
             ctx.tracker.doubt(id);
             ctx.rules.forget(id);
-            let _ = ctx.live.access_changed.send(id);
+            // Every socket on this node wakes for each id sent: only those
+            // of activities watched here need it (the bus carries every
+            // node's changes).
+            if ctx.live.is_watched(id) {
+                let _ = ctx.live.access_changed.send(id);
+            }
         }
         Heard::Change(Change::Athlete(id)) => ctx.rules.forget_athlete(id),
         Heard::Change(Change::Share(id)) => {

@@ -341,6 +341,11 @@ impl LiveHub {
     pub fn feeds(&self) -> usize {
         self.feeds.len()
     }
+
+    /// Whether anyone watches the activity through this node now.
+    pub fn is_watched(&self, id: Uuid) -> bool {
+        self.feeds.contains_key(&id)
+    }
 }
 
 /// The newest cursor before `c`.

@@ -11,9 +11,9 @@
 //! (`load`), and checked against it (`resync`) in case another node changed
 //! the record: when that node says so (`doubt`, from the change bus,
 //! `store::changes`), and otherwise once the entry is older than its TTL
-//! (`RECHECK_MS`, or `TRUSTED_RECHECK_MS` while every change is heard). `sweep`
-//! evicts entries idle for `IDLE_EVICT_MS`, which bounds the map by the
-//! activities active in that window.
+//! (`RECHECK_MS`, or `TRUSTED_RECHECK_MS` while every change is heard).
+//! `sweep` evicts entries idle for `IDLE_EVICT_MS`, which bounds the map by
+//! the activities active in that window.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

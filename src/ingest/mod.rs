@@ -163,8 +163,8 @@ impl Tracker {
     /// The activity's record from the hot cache, without I/O: only if it
     /// is there, not locked by a write in progress, and known to match the
     /// store: written or read by this node within `max_age` ms and not
-    /// changed by another node since. Readers that may fall back to the store (the watchers'
-    /// rules) use it to skip a read.
+    /// changed by another node since. Readers that may fall back to the
+    /// store (the watchers' rules) use it to skip a read.
     pub fn cached(&self, id: Uuid, max_age: Millis) -> Option<Activity> {
         let entry = self.hot.get(id)?;
         let hot = entry.try_lock().ok()?;

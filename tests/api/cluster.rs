@@ -320,3 +320,38 @@ async fn watched_through_node_b(nodes: TwoNodes) {
         "the route, read from the shared store through B"
     );
 }
+
+/// A share link revoked through node A closes its viewer's socket on node
+/// B at once (B would otherwise notice at its next check of the link, up
+/// to 15 s later).
+#[tokio::test]
+async fn a_share_revoked_through_one_node_closes_its_socket_on_the_other() {
+    let nodes = two_nodes().await;
+    let (a, b) = (&nodes.a, &nodes.b);
+    let ann = a.user("Ann").await;
+    let id = a.start(&ann, json!({"type": "RUN"})).await;
+    let (status, share) = a
+        .post("/v1/shares", &ann.token, json!({"activity_id": id}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{share}");
+    let token = share["token"].as_str().unwrap();
+    let mut ws = connect(b, &id, &format!("share={token}")).await;
+    assert_eq!(
+        next_json(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "catch_up"
+    );
+    let share_id = share["id"].as_str().unwrap();
+    let (status, _) = a
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/shares/{share_id}"),
+            Some(&ann.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        close_reason(&mut ws, Duration::from_secs(3)).await,
+        (4003, "share revoked".into())
+    );
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestUser, spawn_app};
@@ -83,25 +83,11 @@ async fn devices_are_made_listed_and_revoked_at_once() {
     let bob = app.user("Bob").await;
     let id = item["id"].as_str().unwrap();
     assert_eq!(
-        app.call(
-            Method::DELETE,
-            &format!("/v1/devices/{id}"),
-            Some(&bob.token),
-            None
-        )
-        .await
-        .0,
+        app.delete(&format!("/v1/devices/{id}"), &bob.token).await.0,
         StatusCode::NOT_FOUND,
         "only the owner revokes"
     );
-    let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/devices/{id}"),
-            Some(&ann.token),
-            None,
-        )
-        .await;
+    let (status, _) = app.delete(&format!("/v1/devices/{id}"), &ann.token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         post(owntracks.to_string()).await,

@@ -342,12 +342,7 @@ async fn a_share_revoked_through_one_node_closes_its_socket_on_the_other() {
     );
     let share_id = share["id"].as_str().unwrap();
     let (status, _) = a
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/shares/{share_id}"),
-            Some(&ann.token),
-            None,
-        )
+        .delete(&format!("/v1/shares/{share_id}"), &ann.token)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

@@ -195,6 +195,10 @@ impl TestApp {
             .await
     }
 
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
     pub async fn put(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::PUT, path, Some(token), None).await
     }

@@ -302,12 +302,7 @@ async fn share_links_work_without_an_account_expire_and_revoke() {
 
     let share_id = share["id"].as_str().unwrap();
     let (status, _) = app
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/shares/{share_id}"),
-            Some(&ann.token),
-            None,
-        )
+        .delete(&format!("/v1/shares/{share_id}"), &ann.token)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -616,13 +611,8 @@ async fn the_athlete_lists_an_activitys_share_links_and_revokes_them() {
         assert_eq!(app.get(&path, &who.token).await.0, StatusCode::NOT_FOUND);
     }
 
-    app.call(
-        reqwest::Method::DELETE,
-        &format!("/v1/shares/{}", made[0]),
-        Some(&ann.token),
-        None,
-    )
-    .await;
+    app.delete(&format!("/v1/shares/{}", made[0]), &ann.token)
+        .await;
     let (_, list) = app.get(&path, &ann.token).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     assert_eq!(list["items"][0]["id"], made[1].as_str());

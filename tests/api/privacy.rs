@@ -301,12 +301,7 @@ async fn the_athlete_sees_who_watches_and_removing_one_viewer_closes_only_theirs
     );
 
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("{viewers}/{}", bob.id),
-            Some(&ann.token),
-            None,
-        )
+        .delete(&format!("{viewers}/{}", bob.id), &ann.token)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -400,14 +395,7 @@ async fn viewers_are_seen_and_removed_across_nodes() {
         assert_eq!(list["total"], 2, "both nodes' watchers: {list}");
     }
 
-    let (status, _) = a
-        .call(
-            Method::DELETE,
-            &format!("{viewers}/{}", bob.id),
-            Some(&ann.token),
-            None,
-        )
-        .await;
+    let (status, _) = a.delete(&format!("{viewers}/{}", bob.id), &ann.token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         close_reason(&mut bob_ws, Duration::from_secs(2)).await,

@@ -75,12 +75,7 @@ async fn friendship_needs_both_sides_and_ends_for_both() {
     );
 
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/friends/{}", ann.id),
-            Some(&bob.token),
-            None,
-        )
+        .delete(&format!("/v1/friends/{}", ann.id), &bob.token)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

@@ -40,7 +40,13 @@ pub fn points(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok((fixes, single)) = crate::http::points::parse_body(text) {
+    let parsed = crate::http::points::parse_body(text);
+    // The one-pass path for single points answers as the careful one.
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", crate::http::points::parse_carefully(text))
+    );
+    if let Ok((fixes, single)) = parsed {
         assert!(!single || fixes.len() == 1);
         assert!(fixes.len() <= crate::http::MAX_POINTS_PER_REQUEST);
         fixes.iter().flatten().for_each(check_fix);

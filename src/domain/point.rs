@@ -51,6 +51,10 @@ pub struct PointInput {
     pub hr: Option<f64>,
     pub cadence: Option<f64>,
     pub battery: Option<f64>,
+    /// Whether the object also has a `points` key (its value is skipped):
+    /// then it is no point but a batch, or both (`http::points`).
+    #[serde(default)]
+    pub points: Option<serde::de::IgnoredAny>,
 }
 
 /// Why a point was refused; serialised as the `code` of a rejection.

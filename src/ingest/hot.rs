@@ -188,7 +188,7 @@ impl HotActivities {
     pub fn is_stale(&self, hot: &Hot, now: Millis, ttl: Millis) -> bool {
         now - hot.synced >= ttl
             || hot.synced <= self.doubted_until.load(Ordering::Acquire)
-            || (!self.doubted.is_empty() && self.doubted.contains(&hot.activity.id))
+            || self.doubted.contains(&hot.activity.id)
     }
 
     /// Another node changed this activity: its entry, if any, is read again

@@ -161,6 +161,8 @@ pub(crate) struct HotActivities {
     /// Entries synced at or before this time are doubted (this node may
     /// have missed other nodes' changes until then).
     doubted_until: AtomicI64,
+    /// When the last change to any activity was heard.
+    heard_at: AtomicI64,
     store: Persistence,
     changes: Arc<ChangeBus>,
     clock: Clock,
@@ -172,6 +174,7 @@ impl HotActivities {
             map: DashMap::new(),
             doubted: DashSet::new(),
             doubted_until: AtomicI64::new(Millis::MIN),
+            heard_at: AtomicI64::new(Millis::MIN),
             store,
             changes,
             clock,
@@ -194,6 +197,8 @@ impl HotActivities {
     /// Another node changed this activity: its entry, if any, is read again
     /// before its next use.
     pub fn doubt(&self, id: Uuid) {
+        self.heard_at
+            .fetch_max(self.clock.now_ms(), Ordering::AcqRel);
         if self.map.contains_key(&id) {
             self.doubted.insert(id);
         }
@@ -219,6 +224,7 @@ impl HotActivities {
         if let Some(hot) = self.get(id) {
             return Ok(hot);
         }
+        let read_at = self.clock.now_ms();
         let activity = self
             .store
             .activities
@@ -227,14 +233,21 @@ impl HotActivities {
             .ok_or(IngestError::NotFound)?;
         let track = read_track(self.store.points.as_ref(), id).await?;
         let acc = TrackAccumulator::from_track(&activity, &track);
-        let mut hot = Hot::fresh(activity, self.clock.now_ms());
+        let mut hot = Hot::fresh(activity, read_at);
+        hot.touched = self.clock.now_ms();
         hot.set_acc(acc);
         // Two loads may race; the first one in wins and both use it.
-        Ok(self
+        let entry = self
             .map
             .entry(id)
             .or_insert(Arc::new(Mutex::new(hot)))
-            .clone())
+            .clone();
+        // A change heard during the read found no entry to doubt: doubt
+        // this one if any change was heard since the read began.
+        if self.heard_at.load(Ordering::Acquire) >= read_at {
+            self.doubted.insert(id);
+        }
+        Ok(entry)
     }
 
     /// Brings an entry in line with the store if another node changed the

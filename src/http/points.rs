@@ -30,12 +30,15 @@ fn decode(raw: &str) -> Result<Fix, RejectCode> {
         .to_fix()
 }
 
-/// Whether the body is a batch: its `points`, if it has that key, and
-/// whether it also carries a point's own fields (which makes it ambiguous).
+/// A body's shape: its `points` (`P`: the raw text for the careful way,
+/// the array of the points' texts for the one-pass way), if it has that
+/// key, and whether it also carries a point's own fields (which makes it
+/// ambiguous).
 #[derive(Deserialize)]
-struct Probe<'a> {
-    #[serde(borrow, default)]
-    points: Option<&'a RawValue>,
+#[serde(bound(deserialize = "'de: 'a, P: Deserialize<'de>"))]
+struct Shape<'a, P> {
+    #[serde(default = "Option::default")]
+    points: Option<P>,
     #[serde(borrow, default)]
     ts: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -44,18 +47,11 @@ struct Probe<'a> {
     lng: Option<&'a RawValue>,
 }
 
-/// A batch body's shape and its points' texts, in one pass (`Probe`, then
-/// `points` as an array, takes two).
-#[derive(Deserialize)]
-struct Batch<'a> {
-    #[serde(borrow)]
-    points: Vec<&'a RawValue>,
-    #[serde(borrow, default)]
-    ts: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    lat: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    lng: Option<&'a RawValue>,
+impl<P> Shape<'_, P> {
+    /// Whether it has a point's own fields too.
+    fn is_a_point_too(&self) -> bool {
+        self.ts.is_some() || self.lat.is_some() || self.lng.is_some()
+    }
 }
 
 /// The fixes of a points body (one point, or `{"points": [...]}`), each
@@ -73,16 +69,12 @@ pub(crate) fn parse_body(body: &str) -> Result<(Vec<Result<Fix, RejectCode>>, bo
         {
             return Ok((vec![point.to_fix()], true));
         }
-    } else if let Ok(batch) = serde_json::from_str::<Batch>(body)
-        && batch.ts.is_none()
-        && batch.lat.is_none()
-        && batch.lng.is_none()
-        && batch.points.len() <= MAX_POINTS_PER_REQUEST
+    } else if let Ok(batch) = serde_json::from_str::<Shape<Vec<&RawValue>>>(body)
+        && !batch.is_a_point_too()
+        && let Some(points) = batch.points
+        && points.len() <= MAX_POINTS_PER_REQUEST
     {
-        return Ok((
-            batch.points.iter().map(|p| decode(p.get())).collect(),
-            false,
-        ));
+        return Ok((points.iter().map(|p| decode(p.get())).collect(), false));
     }
     parse_carefully(body)
 }
@@ -99,12 +91,12 @@ pub(crate) fn parse_carefully(
     };
     // The probe checks the whole body's syntax too (skipped values are
     // still parsed), so such a body is read twice.
-    let probe: Probe = serde_json::from_str(body).map_err(|_| not_a_body())?;
+    let probe: Shape<&RawValue> = serde_json::from_str(body).map_err(|_| not_a_body())?;
     Ok(match probe.points {
         // `{"ts", "lat", "lng", "points": [...]}` is both a point and a
         // batch (the document's `oneOf` forbids it): refuse rather than
         // guess which was meant.
-        Some(_) if probe.ts.is_some() || probe.lat.is_some() || probe.lng.is_some() => {
+        Some(_) if probe.is_a_point_too() => {
             return Err(ApiError::invalid(
                 "invalid_body",
                 "a body is one point or {\"points\": [...]}, not both",
@@ -199,6 +191,8 @@ mod tests {
             r#"{"alt":5,"points":[{"ts":1,"lat":48,"lng":11}]}"#,
             r#"{"lat":5,"points":[{"ts":1,"lat":48,"lng":11}]}"#,
             r#"{"points":[],"points":[]}"#,
+            r#"{"points":null}"#,
+            r#"{"points":null,"ts":1,"lat":48,"lng":11}"#,
             r#"{"\u0070oints":[{"ts":1,"lat":48,"lng":11}]}"#,
             r#"{"ts":1,"lat":48,"lng":11,"\u0070oints":1}"#,
             r#"{"note":"\"points\"","ts":1,"lat":48,"lng":11}"#,

@@ -41,7 +41,7 @@ pub fn points(data: &[u8]) {
         return;
     };
     let parsed = crate::http::points::parse_body(text);
-    // The one-pass path for single points answers as the careful one.
+    // The one-pass ways (a point, a batch) answer as the careful one.
     assert_eq!(
         format!("{parsed:?}"),
         format!("{:?}", crate::http::points::parse_carefully(text))

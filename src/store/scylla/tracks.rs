@@ -110,6 +110,7 @@ pub(super) struct TrackStatements {
     select_log_partition: PreparedStatement,
     delete_log_partition: PreparedStatement,
     open_incarnation: PreparedStatement,
+    start_incarnation: PreparedStatement,
     mark_packed: PreparedStatement,
     heartbeat: PreparedStatement,
     select_incarnation: PreparedStatement,
@@ -185,6 +186,14 @@ impl TrackStatements {
             open_incarnation: prepare(format!(
                 "INSERT INTO {ks}.ingest_incarnations (incarnation, open_bucket, alive_at) \
                  VALUES (?, ?, ?)"
+            ))
+            .await?,
+            // The first open writes every column at once: a row with a
+            // packed mark but no `alive_at` would look silent to another
+            // node's `adopt_silent`, which would adopt and delete it.
+            start_incarnation: prepare(format!(
+                "INSERT INTO {ks}.ingest_incarnations \
+                 (incarnation, open_bucket, packed_before, alive_at) VALUES (?, ?, ?, ?)"
             ))
             .await?,
             mark_packed: prepare(format!(
@@ -617,11 +626,12 @@ impl ScyllaStore {
         }
         let inc = self.log.incarnation;
         if *open == Millis::MIN {
-            self.execute(&self.t().mark_packed, (inc, ts(bucket)))
+            let values = (inc, ts(bucket), ts(bucket), ts(now));
+            self.execute(&self.t().start_incarnation, values).await?;
+        } else {
+            self.execute(&self.t().open_incarnation, (inc, ts(bucket), ts(now)))
                 .await?;
         }
-        self.execute(&self.t().open_incarnation, (inc, ts(bucket), ts(now)))
-            .await?;
         *open = bucket;
         self.log.state().alive_at = now;
         Ok(())
